@@ -1,0 +1,1 @@
+"""Balancing: losses, class weights and samplers."""

@@ -1,0 +1,257 @@
+"""Typed trial configuration: one frozen pydantic tree, loaded from YAML, with clear errors.
+
+The tree (dataset, model, train, balance, augment, generator, eval, seed) is the single
+description of a trial. Sweeps are data over it: dotted overrides such as `balance.loss=ldam`
+or a partial sub-config merged into `base`. Unknown keys, wrong types and unknown registry names
+raise `ConfigError` naming the key, the bad value and the valid choices, before any work starts.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from git_ray import registry
+from git_ray.registry import UnknownNameError
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config or sweep file: the message says what, where and what to do."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _check_name(reg: registry.Registry, value: str) -> str:
+    if value not in reg:
+        raise ValueError(f"{value!r} is not a known {reg.kind}; choose one of: {', '.join(reg.names())}")
+    return value
+
+
+class DatasetConfig(Strict):
+    source: str = "digits"
+    root: str | None = None  # folder holding the real data set's files (not used by digits)
+    image_size: int | None = Field(None, ge=8, le=256)  # None: the source's own size (digits: 16)
+    nuisance: str = "background"
+    nuisance_strength: float = Field(1.0, ge=0.0, le=1.0)  # 0 = identity, 1 = the paper's range
+    profile: str = "zipf"
+    imbalance_ratio: float = Field(100.0, ge=1.0)  # largest / smallest training class
+    zipf_alpha: float | None = Field(None, gt=0.0)  # zipf only: fixes the exponent (K49-LT: 2.0)
+    max_per_class: int | None = Field(None, ge=1)  # largest class; None: the source's default
+    min_per_class: int = Field(1, ge=1)  # floor on every class (K49-LT: 5)
+    instance: int = Field(0, ge=0)  # which shuffled class order (the paper uses 30 per nuisance)
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # of the official train split, seeded
+    split_seed: int = 0
+
+    _source = field_validator("source")(lambda v: _check_name(registry.SOURCES, v))
+    _nuisance = field_validator("nuisance")(lambda v: _check_name(registry.NUISANCES, v))
+    _profile = field_validator("profile")(lambda v: _check_name(registry.PROFILES, v))
+
+
+class ModelConfig(Strict):
+    arch: str = "small_cnn"
+    head: Literal["auto", "linear", "cosine"] = "auto"  # auto: cosine for LDAM, else linear
+    width: int = Field(16, ge=1)  # channels of the first stage
+
+    _arch = field_validator("arch")(lambda v: _check_name(registry.ARCHS, v))
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.1, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(2e-4, ge=0.0)
+    warmup_epochs: int = Field(5, ge=0)
+    s1: int = Field(20, ge=0)  # lr x 0.01 after s1; DRS / DRW / GIT switch on at s1
+    s2: int = Field(25, ge=0)  # lr x 0.0001 after s2
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; None: leave as set
+    nan_check: bool = True  # raise NonFiniteLossError on a NaN/inf loss
+
+    @model_validator(mode="after")
+    def _schedule(self) -> "TrainConfig":
+        if not self.s1 <= self.s2:
+            raise ValueError(f"s1 ({self.s1}) must not come after s2 ({self.s2})")
+        return self
+
+
+class BalanceConfig(Strict):
+    loss: str = "ce"
+    sampler: str = "none"
+    reweight: str = "none"
+    focal_gamma: float = Field(1.0, ge=0.0)
+    ldam_max_margin: float = Field(0.5, gt=0.0)
+    ldam_scale: float = Field(30.0, gt=0.0)
+    reweight_beta: float = Field(0.9999, gt=0.0, lt=1.0)
+
+    _loss = field_validator("loss")(lambda v: _check_name(registry.LOSSES, v))
+    _sampler = field_validator("sampler")(lambda v: _check_name(registry.SAMPLERS, v))
+    _reweight = field_validator("reweight")(lambda v: _check_name(registry.CLASS_WEIGHTS, v))
+
+
+class AugmentConfig(Strict):
+    oracle: bool = False  # apply the true nuisance to each training batch
+    nuisance_strength: float = Field(1.0, ge=0.0, le=1.0)  # strength of the oracle augmentation
+    flip: bool = False  # random horizontal flips (CIFAR)
+    git: bool = False  # generative invariance transfer
+    gen_frac: float = Field(0.5, ge=0.0, le=1.0)  # share of each batch replaced by generated images
+    git_start: Literal["s1", "start"] = "s1"
+    style_scale: float = Field(1.0, ge=0.0)
+    git_threshold: int | None = Field(None, ge=1)  # augment only classes smaller than this
+
+
+class GeneratorConfig(Strict):
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(8, ge=1)
+    dim: int = Field(64, ge=4)
+    style_dim: int = Field(8, ge=1)
+    n_downsample: int = Field(2, ge=0, le=4)
+    n_res: int = Field(4, ge=0)
+    mlp_dim: int = Field(256, ge=8)
+    lr: float = Field(1e-4, gt=0.0)
+    checkpoint_every: int = Field(500, ge=1)
+    cache: str | None = None  # folder or URI; None: <storage>/generators (train: <out>/generators)
+
+
+class EvalConfig(Strict):
+    ekld_images_per_class: int = Field(40, ge=1)
+    ekld_draws: int = Field(100, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    many_threshold: int = Field(100, ge=1)  # classes with more training images are "many"
+    few_threshold: int = Field(20, ge=1)  # classes with fewer are "few"
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> "EvalConfig":
+        if self.few_threshold > self.many_threshold:
+            raise ValueError("few_threshold must not exceed many_threshold")
+        return self
+
+
+class TrialConfig(Strict):
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    balance: BalanceConfig = BalanceConfig()
+    augment: AugmentConfig = AugmentConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    eval: EvalConfig = EvalConfig()
+    seed: int = 0
+
+    def flat(self) -> dict[str, Any]:
+        """Every field as `section_field` columns (the Parquet config columns)."""
+        return flatten(self.model_dump(), sep="_")
+
+    def fingerprint(self) -> str:
+        """A stable id of the whole config: equal configs share it, any change alters it."""
+        return stable_hash(self.model_dump())
+
+    @property
+    def head(self) -> str:
+        if self.model.head != "auto":
+            return self.model.head
+        return "cosine" if self.balance.loss == "ldam" else "linear"
+
+
+# ---------------------------------------------------------------------------------------------
+# Dict helpers shared with the sweep layer
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def flatten(d: Mapping[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{sep}{k}" if prefix else k
+        if isinstance(v, Mapping):
+            out.update(flatten(v, sep, key))
+        else:
+            out[key] = v
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `update` laid over it; nested mappings merge, everything else replaces."""
+    out = copy.deepcopy(dict(base))
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def set_dotted(d: Mapping[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """A copy of `d` with `value` set (merged, if both are mappings) at `a.b.c`."""
+    update: Any = value
+    for part in reversed(dotted.split(".")):
+        update = {part: update}
+    return deep_merge(d, update)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`balance.loss=ldam` -> ("balance.loss", "ldam"); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value (e.g. balance.loss=ldam)")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and error reporting
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    lines = [f"{where}: the config is not valid:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - {loc}: unknown key (value {e['input']!r}); check its spelling "
+                         "against the README's config reference")
+        else:
+            lines.append(f"  - {loc}: {msg} (got {e['input']!r})" if e["type"] != "missing"
+                         else f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def trial_config(data: Mapping[str, Any], where: str = "config") -> TrialConfig:
+    """Validate a plain dict as a TrialConfig, or raise ConfigError explaining every problem."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of config sections, got {type(data).__name__}")
+    try:
+        return TrialConfig.model_validate(dict(data))
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, where)) from None
+    except UnknownNameError as err:  # pragma: no cover - validators turn these into ValueErrors
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such file; pass the path of a YAML config (see configs/)")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+
+
+def load_trial_config(path: str | Path, overrides: list[str] | None = None) -> TrialConfig:
+    data = read_yaml(path) or {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+    for text in overrides or []:
+        key, value = parse_override(text)
+        data = set_dotted(data, key, value)
+    return trial_config(data, where=str(path))

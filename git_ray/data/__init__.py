@@ -1,0 +1,1 @@
+"""Data sources, long-tail profiles and nuisance transforms."""

@@ -1,0 +1,1 @@
+"""Classifier networks: CIFAR-style ResNets, a small CNN, a cosine head."""
