@@ -118,6 +118,7 @@ class GeneratorConfig(Strict):
     mlp_dim: int = Field(256, ge=8)
     lr: float = Field(1e-4, gt=0.0)
     checkpoint_every: int = Field(500, ge=1)
+    seed: int = 0  # its own seed, so trials differing only in their seed share one generator
     cache: str | None = None  # folder or URI; None: <storage>/generators (train: <out>/generators)
 
 
