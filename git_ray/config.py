@@ -151,8 +151,15 @@ class TrialConfig(Strict):
         return flatten(self.model_dump(), sep="_")
 
     def fingerprint(self) -> str:
-        """A stable id of the whole config: equal configs share it, any change alters it."""
-        return stable_hash(self.model_dump())
+        """A stable id of the config: equal configs share it, any change that can alter the
+        result alters it. Where files live (data root, generator cache) and where the trial runs
+        (device, threads) are not identity."""
+        d = self.model_dump()
+        d["dataset"].pop("root")
+        d["generator"].pop("cache")
+        d["train"].pop("device")
+        d["train"].pop("threads")
+        return stable_hash(d)
 
     @property
     def head(self) -> str:

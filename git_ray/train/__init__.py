@@ -1,0 +1,1 @@
+"""Classifier training: the loop, the schedule, device resolution."""

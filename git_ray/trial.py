@@ -1,0 +1,143 @@
+"""One trial as a plain function of its typed config: data -> (generator) -> classifier -> metrics.
+
+`run_trial(cfg)` returns the Parquet rows of the trial (`TrialResult`); it never writes files
+itself. `git-ray train` calls it directly; a Ray Tune sweep calls the very same function inside
+its trainable, passing the device Ray assigned and a `report` callback for epoch metrics.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from typing import Callable, ContextManager, Iterator
+
+import numpy as np
+import torch
+
+from git_ray import SCHEMA_VERSION, __version__
+from git_ray.config import TrialConfig
+from git_ray.data import build_dataset
+from git_ray.metrics import ekld, group_accuracies, per_class_accuracy, spearman
+from git_ray.registry import ARCHS, NUISANCES
+from git_ray.results import TrialResult
+from git_ray.train.loop import batched_predict, make_predict, resolve_device, train_classifier
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with `n` intra-op CPU threads (a trial's CPU share), restoring the old value after."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def default_generator_cache(out: str) -> str:
+    return out.rstrip("/") + "/generators"
+
+
+def run_trial(
+    cfg: TrialConfig,
+    *,
+    device: str | torch.device | None = None,
+    report: Callable[[dict], None] | None = None,
+    generator_cache: str | None = None,
+    lock_factory: Callable[[str], ContextManager] | None = None,
+    log: Callable[[str], None] = lambda msg: None,
+) -> TrialResult:
+    """Train and evaluate one classifier as `cfg` says; return its rows (no files written)."""
+    start = time.perf_counter()
+    dev = resolve_device(cfg.train.device, device)
+    with torch_threads(cfg.train.threads):
+        data = build_dataset(cfg.dataset).to(dev)
+        log(f"data: {data.num_classes} classes, {len(data.y_train)} training images, "
+            f"class sizes {int(data.class_counts.max())}..{int(data.class_counts.min())}")
+
+        augmenter = None
+        if cfg.augment.git:
+            from git_ray.generative import GitAugmenter, get_generator
+            cache = cfg.generator.cache or generator_cache
+            if cache is None:
+                raise ValueError("augment.git needs a generator cache: set generator.cache or pass --out")
+            munit = get_generator(data, cfg.generator, cache=cache, device=dev,
+                                  lock_factory=lock_factory, log=log)
+            augmenter = GitAugmenter(munit, data, cfg.augment, s1=cfg.train.s1, seed=cfg.seed, device=dev)
+
+        # Model initialisation draws from torch's global RNG; fork it so the caller's stays intact.
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)
+            model = ARCHS.build(cfg.model.arch, in_channels=data.channels, num_classes=data.num_classes,
+                                width=cfg.model.width, head=cfg.head, image_size=data.image_size).to(dev)
+        epochs, norm = train_classifier(model, data, cfg, device=dev, report=report, augmenter=augmenter)
+
+        # Evaluation: per-class accuracy on the test set, then the eKLD estimator.
+        predict = make_predict(model, norm, dev, cfg.train.amp)
+        preds = batched_predict(predict, data.x_test, cfg.eval.batch_size).argmax(1)
+        class_acc = per_class_accuracy(preds, data.y_test, data.num_classes)
+        nuisance = NUISANCES.build(cfg.dataset.nuisance, strength=cfg.dataset.nuisance_strength)
+        gen = torch.Generator(device=dev).manual_seed(cfg.seed * 104729 + 17)
+        ekld_c, consistency_c = ekld(
+            predict, data.x_test, data.x_test_clean, data.y_test, nuisance,
+            images_per_class=cfg.eval.ekld_images_per_class, draws=cfg.eval.ekld_draws,
+            num_classes=data.num_classes, generator=gen, batch_size=cfg.eval.batch_size)
+    seconds = time.perf_counter() - start
+    return assemble_result(cfg, data, preds, class_acc, ekld_c, consistency_c, epochs, seconds, dev)
+
+
+def assemble_result(cfg, data, preds, class_acc, ekld_c, consistency_c, epochs, seconds, dev) -> TrialResult:
+    """The three tables' rows from a finished trial's tensors."""
+    counts = data.class_counts.cpu().numpy()
+    test_counts = torch.bincount(data.y_test.cpu(), minlength=data.num_classes).numpy()
+    acc = class_acc.cpu().numpy()
+    ek = ekld_c.cpu().numpy()
+    cons = consistency_c.cpu().numpy()
+    # Rank 0 = largest training class; ties keep class-id order so ranks are deterministic.
+    order = np.argsort(-counts, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    third = max(1, len(order) // 3)
+    head, tail = order[:third], order[-third:]
+    groups = group_accuracies(class_acc, data.class_counts, cfg.eval.many_threshold, cfg.eval.few_threshold)
+
+    flat = cfg.flat()
+    trial_id = cfg.fingerprint()
+    trial_row = {
+        "trial_id": trial_id, **flat,
+        "accuracy": float((preds == data.y_test).float().mean()),
+        "balanced_accuracy": float(np.nanmean(acc)),
+        "many_accuracy": _f(groups["many"]), "medium_accuracy": _f(groups["medium"]),
+        "few_accuracy": _f(groups["few"]),
+        "ekld_mean": float(np.nanmean(ek)), "ekld_head": float(np.nanmean(ek[head])),
+        "ekld_tail": float(np.nanmean(ek[tail])),
+        "ekld_size_spearman": _f(spearman(counts.astype(float), ek)),
+        "train_seconds": seconds, "device": str(dev),
+        "git_ray_version": __version__, "schema_version": SCHEMA_VERSION,
+    }
+    per_class = [
+        {"trial_id": trial_id, **flat, "class_id": c, "class_rank": int(rank[c]),
+         "train_count": int(counts[c]), "test_count": int(test_counts[c]), "accuracy": _f(acc[c]),
+         "ekld": _f(ek[c]), "consistency": _f(cons[c])}
+        for c in range(data.num_classes)
+    ]
+    epoch_rows = [{"trial_id": trial_id, "dataset_source": cfg.dataset.source,
+                   "dataset_nuisance": cfg.dataset.nuisance, **row} for row in epochs]
+    return TrialResult(trial_id=trial_id, trial=trial_row, per_class=per_class, epochs=epoch_rows)
+
+
+def _f(x) -> float:
+    x = float(x)
+    return x if math.isfinite(x) else math.nan
+
+
+def summary_line(result: TrialResult) -> str:
+    """A short human summary of a finished trial."""
+    t = result.trial
+    return (f"accuracy {t['accuracy']:.3f}, balanced {t['balanced_accuracy']:.3f}, "
+            f"eKLD head {t['ekld_head']:.4f} vs tail {t['ekld_tail']:.4f}, "
+            f"Spearman(size, eKLD) {t['ekld_size_spearman']:+.2f}, {t['train_seconds']:.1f}s on {t['device']}")
+
