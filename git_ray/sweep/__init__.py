@@ -1,0 +1,1 @@
+"""Sweep layer: sweep files -> Ray Tune. The only package that imports ray."""

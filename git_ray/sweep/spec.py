@@ -1,0 +1,205 @@
+"""The sweep file: a typed, fully validated description of many trials (no Ray imported here).
+
+A sweep is `base` (one trial config) + `grid` (cartesian product over dotted keys, whole
+sub-configs allowed as values, merged into base) + an optional `search` (random or Optuna over
+a space of distributions). `load_sweep` checks everything a user can get wrong (unknown keys,
+types, registry names, every grid point, both ends of every search range) before Ray starts.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from git_ray.config import (ConfigError, Strict, TrialConfig, format_validation_error, read_yaml,
+                            set_dotted, trial_config)
+
+# Search metrics are validation metrics reported every epoch: the test set never steers a search.
+METRICS = {"balanced_accuracy": "val_balanced_accuracy", "accuracy": "val_accuracy",
+           "val_balanced_accuracy": "val_balanced_accuracy", "val_accuracy": "val_accuracy",
+           "train_loss": "train_loss"}
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+
+
+class Resources(Strict):
+    cpu: float = Field(1.0, gt=0.0)
+    gpu: float = Field(0.0, ge=0.0)  # a fraction packs several trials on one GPU
+    gpu_memory_fraction: float | None = Field(None, gt=0.0, le=1.0)  # default: the gpu share
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError("a GPU share above 1 must be a whole number of GPUs")
+        return v
+
+
+class SearchSpec(Strict):
+    algorithm: Literal["random", "optuna"] = "random"
+    metric: str = "balanced_accuracy"
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(10, ge=1)
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    study_storage: str | None = None  # Optuna storage URL; default: SQLite beside the results
+    study_name: str | None = None  # default: the sweep's name
+    seed: int = 0
+    scheduler: Literal["asha", "none"] = "none"
+    grace_period: int = Field(5, ge=1)  # ASHA: epochs every trial runs before it can be stopped
+    reduction_factor: int = Field(3, ge=2)
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        if v not in METRICS:
+            raise ValueError(f"{v!r} is not a searchable metric; choose one of: {', '.join(METRICS)}")
+        return v
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for key, dist in space.items():
+            if not isinstance(dist, Mapping) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
+                raise ValueError(f"space.{key}: write one distribution as {{KIND: ARGS}} with KIND one of "
+                                 f"{', '.join(DISTRIBUTIONS)}, e.g. {{loguniform: [0.01, 0.3]}}; got {dist!r}")
+            kind, args = next(iter(dist.items()))
+            if kind == "choice":
+                if not isinstance(args, list) or not args:
+                    raise ValueError(f"space.{key}: choice needs a non-empty list of values")
+                continue
+            if not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, (int, float)) for a in args)):
+                raise ValueError(f"space.{key}: {kind} needs [low, high]; got {args!r}")
+            lo, hi = args
+            if not lo < hi:
+                raise ValueError(f"space.{key}: low ({lo}) must be below high ({hi})")
+            if kind == "loguniform" and lo <= 0:
+                raise ValueError(f"space.{key}: loguniform needs a positive low; got {lo}")
+            if kind == "int" and not (float(lo).is_integer() and float(hi).is_integer()):
+                raise ValueError(f"space.{key}: int needs whole-number bounds; got {args!r}")
+        return space
+
+    @property
+    def tune_metric(self) -> str:
+        return METRICS[self.metric]
+
+
+class SweepSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    storage: str = "results"
+    resources_per_trial: Resources = Resources()
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    max_failures: int = Field(1, ge=0)  # retries of a failing trial before it is recorded as failed
+    base: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    search: SearchSpec | None = None
+    verbose: int = Field(1, ge=0, le=3)  # Ray Tune's status output: 0 silent .. 3 everything
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"grid.{key}: needs at least one value")
+        return grid
+
+    @model_validator(mode="after")
+    def _combination(self) -> "SweepSpec":
+        if self.search and self.search.algorithm == "optuna" and self.grid:
+            raise ValueError("an Optuna search cannot be combined with a grid: move the grid axes into "
+                             "search.space as {choice: [...]}, or drop the search to run the grid")
+        overlap = set(self.grid) & set(self.search.space if self.search else {})
+        if overlap:
+            raise ValueError(f"{sorted(overlap)} appear in both grid and search.space; keep each in one")
+        return self
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def root(self) -> str:
+        """Where this sweep's results live: <storage>/<name>."""
+        return self.storage.rstrip("/") + "/" + self.name
+
+    @property
+    def study_storage(self) -> str | None:
+        if not self.search or self.search.algorithm != "optuna":
+            return None
+        return self.search.study_storage or default_study_storage(self.root)
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every combination of the grid axes, as {dotted key: value} dicts, in file order."""
+        keys = list(self.grid)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(self.grid[k] for k in keys))]
+
+    def trial_config(self, params: Mapping[str, Any]) -> TrialConfig:
+        """The full trial config for one point of the grid / search space."""
+        data: dict[str, Any] = dict(self.base)
+        for key, value in params.items():
+            data = set_dotted(data, key, value)
+        return trial_config(data, where=f"sweep {self.name!r} trial {dict(params)}")
+
+    def trial_configs(self) -> list[TrialConfig]:
+        return [self.trial_config(p) for p in self.grid_points()]
+
+    def num_trials(self) -> int:
+        per_point = self.search.num_samples if self.search else 1
+        return len(self.grid_points()) * per_point
+
+
+def default_study_storage(root: str) -> str:
+    if "://" in root:
+        # Optuna's SQLite needs a local file; remote sweeps use the journal kept beside the results.
+        return root.rstrip("/") + "/optuna-journal"
+    return f"sqlite:///{Path(root).resolve()}/optuna.db"
+
+
+def space_corners(space: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The low and high end of every range and every choice: enough to validate the space."""
+    lows, highs, extra = {}, {}, []
+    for key, dist in space.items():
+        kind, args = next(iter(dist.items()))
+        if kind == "choice":
+            lows[key], highs[key] = args[0], args[-1]
+            extra += [{key: v} for v in args[1:-1]]
+        elif kind == "int":
+            lows[key], highs[key] = int(args[0]), int(args[1])
+        else:
+            lows[key], highs[key] = float(args[0]), float(args[1])
+    return [lows, highs] + extra
+
+
+def load_sweep(path: str | Path, storage: str | None = None, max_concurrent: int | None = None) -> SweepSpec:
+    """Read and completely validate a sweep file; raise ConfigError naming every problem."""
+    data = read_yaml(path)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping with name, base, grid, ... at the top level")
+    data = dict(data)
+    if storage is not None:
+        data["storage"] = storage
+    if max_concurrent is not None:
+        data["max_concurrent_trials"] = max_concurrent
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, str(path))) from None
+    where = f"{path}"
+    trial_config(spec.base, where=f"{where}: base")
+    seen: set[str] = set()
+    for point in spec.grid_points():
+        cfg = _checked(spec, point, f"{where}: grid point {point}")
+        fp = cfg.fingerprint()
+        if fp in seen and not spec.search:
+            raise ConfigError(f"{where}: grid point {point} repeats an earlier trial exactly; "
+                              "remove the duplicate value from the grid")
+        seen.add(fp)
+    if spec.search:
+        for corner in space_corners(spec.search.space):
+            for point in spec.grid_points():
+                _checked(spec, {**point, **corner}, f"{where}: search.space value {corner}")
+    return spec
+
+
+def _checked(spec: SweepSpec, params: Mapping[str, Any], where: str) -> TrialConfig:
+    try:
+        return spec.trial_config(params)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace(f"sweep {spec.name!r} trial {dict(params)}", where, 1)) from None
