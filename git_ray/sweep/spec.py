@@ -153,8 +153,9 @@ def default_study_storage(root: str) -> str:
 
 
 def space_corners(space: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The low and high end of every range and every choice: enough to validate the space."""
-    lows, highs, extra = {}, {}, []
+    """The low and high end of every range, a point inside it (a whole-number field must not get
+    a continuous distribution), and every choice: enough to validate the space."""
+    lows, highs, mids, extra = {}, {}, {}, []
     for key, dist in space.items():
         kind, args = next(iter(dist.items()))
         if kind == "choice":
@@ -164,7 +165,8 @@ def space_corners(space: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]
             lows[key], highs[key] = int(args[0]), int(args[1])
         else:
             lows[key], highs[key] = float(args[0]), float(args[1])
-    return [lows, highs] + extra
+            mids[key] = float(args[0]) + 0.377 * (float(args[1]) - float(args[0]))
+    return [lows, highs] + ([mids] if mids else []) + extra
 
 
 def load_sweep(path: str | Path, storage: str | None = None, max_concurrent: int | None = None) -> SweepSpec:

@@ -1,0 +1,79 @@
+"""Sweep files: grid expansion, search spaces, and every kind of bad file rejected before Ray."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from git_ray.config import ConfigError
+from git_ray.sweep.spec import load_sweep
+
+SWEEPS = sorted((Path(__file__).parent.parent / "sweeps").glob("*.yaml"))
+
+
+def write(tmp_path, data) -> Path:
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+BASE = {"name": "t", "storage": "results", "base": {"dataset": {"source": "digits"}}}
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_every_ready_sweep_is_valid(path):
+    spec = load_sweep(path)
+    assert spec.num_trials() >= 1
+
+
+def test_quickstart_grid_expands_and_merges_subconfigs():
+    spec = load_sweep(Path(__file__).parent.parent / "sweeps" / "quickstart.yaml")
+    cfgs = spec.trial_configs()
+    assert len(cfgs) == 24 == spec.num_trials()
+    assert len({c.fingerprint() for c in cfgs}) == 24
+    ldam = [c for c in cfgs if c.balance.loss == "ldam"]
+    assert ldam and all(c.balance.sampler == "drs" and c.balance.reweight == "drw" for c in ldam)
+    # a partial sub-config merges into base: the ce/none point keeps base's reweight
+    assert all(c.balance.reweight == "none" for c in cfgs if c.balance.loss == "ce")
+
+
+@pytest.mark.parametrize("patch,needle", [
+    ({"grid": {"balance.loss": ["ce", "ldma"]}}, "'ldma' is not a known loss"),
+    ({"grid": {"balance.losss": ["ce"]}}, "balance.losss: unknown key"),
+    ({"grid": {"seed": []}}, "needs at least one value"),
+    ({"base": {"train": {"epochs": -1}}}, "train.epochs"),
+    ({"resources_per_trial": {"cpu": 0}}, "resources_per_trial.cpu"),
+    ({"resources_per_trial": {"gpu": 1.5}}, "whole number of GPUs"),
+    ({"name": "has space"}, "name"),
+    ({"bogus": 1}, "bogus: unknown key"),
+    ({"search": {"algorithm": "optuna", "metric": "balanced_accuracy", "space": {"train.lr": {"loguniform": [0, 1]}}}},
+     "loguniform needs a positive low"),
+    ({"search": {"algorithm": "optuna", "space": {"train.lr": {"normal": [0, 1]}}}}, "one distribution"),
+    ({"search": {"algorithm": "optuna", "space": {"train.lr": {"uniform": [0.5, 0.1]}}}}, "must be below high"),
+    ({"search": {"algorithm": "optuna", "metric": "ekld"}}, "not a searchable metric"),
+    ({"search": {"algorithm": "grid"}}, "search.algorithm"),
+    ({"search": {"algorithm": "optuna", "space": {"train.epochs": {"uniform": [1, 2]}}}}, "train.epochs"),
+    ({"search": {"algorithm": "optuna", "space": {"balance.loss": {"choice": ["ce", "nope"]}}}}, "'nope'"),
+    ({"grid": {"seed": [0]}, "search": {"algorithm": "optuna", "space": {"train.lr": {"uniform": [0.01, 0.1]}}}},
+     "cannot be combined with a grid"),
+    ({"grid": {"seed": [0, 0]}}, "repeats an earlier trial"),
+])
+def test_bad_sweep_files_are_rejected_with_the_key(tmp_path, patch, needle):
+    with pytest.raises(ConfigError) as err:
+        load_sweep(write(tmp_path, {**BASE, **patch}))
+    assert needle in str(err.value)
+
+
+def test_search_space_and_storage_defaults(tmp_path):
+    spec = load_sweep(write(tmp_path, {**BASE, "search": {
+        "algorithm": "optuna", "num_samples": 3,
+        "space": {"train.lr": {"loguniform": [0.01, 0.3]}, "balance.loss": {"choice": ["ce", "focal"]}}}}))
+    assert spec.num_trials() == 3
+    assert spec.study_storage.startswith("sqlite:///") and spec.study_storage.endswith("t/optuna.db")
+    assert spec.search.tune_metric == "val_balanced_accuracy"  # searches never look at test metrics
+    assert load_sweep(write(tmp_path, {**BASE, "storage": "s3://b/p", "search": {"algorithm": "optuna"}})) \
+        .study_storage == "s3://b/p/t/optuna-journal"
+
+
+def test_cli_overrides(tmp_path):
+    spec = load_sweep(write(tmp_path, BASE), storage="elsewhere", max_concurrent=3)
+    assert spec.root == "elsewhere/t" and spec.max_concurrent_trials == 3
