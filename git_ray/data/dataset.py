@@ -24,14 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-# git_ray.config imports this package while it is being defined (its validators look names up
-# in the registries), so take its members at call time, through the module, not at import time.
-from git_ray import config as _config
 from git_ray.data.nuisances import apply_nuisance
-from git_ray.data.sources import SourcePools
+from git_ray.data.sources import SourcePools, config_error
 from git_ray.registry import NUISANCES, PROFILES, SOURCES
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # only for annotations; see sources.config_error for why not at run time
     from git_ray.config import DatasetConfig
 
 DATA_VERSION = 1  # bump when the recipe changes, so old fingerprints (and cached generators) expire
@@ -70,7 +67,9 @@ class LongTailData:
 def dataset_fingerprint(cfg: DatasetConfig) -> str:
     """Stable id of the data a config describes: every field except `root` (the same files in
     another folder are the same data), plus the recipe version."""
-    return _config.stable_hash({"data_version": DATA_VERSION, **cfg.model_dump(exclude={"root"})})
+    from git_ray.config import stable_hash
+
+    return stable_hash({"data_version": DATA_VERSION, **cfg.model_dump(exclude={"root"})})
 
 
 def _seed(*parts: int) -> int:
@@ -134,7 +133,7 @@ def build_dataset(cfg: DatasetConfig) -> LongTailData:
     chosen = []
     for c in range(C):
         if counts[c] and not len(class_pools[c]):
-            raise _config.ConfigError(f"source {cfg.source!r}: class {c} has no training images left after "
+            raise config_error(f"source {cfg.source!r}: class {c} has no training images left after "
                               f"the validation split (val_fraction={cfg.val_fraction}); the data "
                               "folder is incomplete or too small")
         chosen.append(class_pools[c][np.arange(counts[c]) % max(len(class_pools[c]), 1)])

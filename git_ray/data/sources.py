@@ -25,10 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# git_ray.config imports this package while it is being defined (its validators look names up
-# in the registries), so reach ConfigError through the module at call time.
-from git_ray import config as _config
 from git_ray.registry import SOURCES
+
+
+def config_error(message: str) -> Exception:
+    """A git_ray.config.ConfigError. Imported at call time: git_ray.config validates default
+    configs against the registries while it loads, which imports this package, so importing it
+    here at module level would register nothing when git_ray.data is imported first."""
+    from git_ray.config import ConfigError
+
+    return ConfigError(message)
 
 
 @dataclass
@@ -74,18 +80,18 @@ def to_float_images(x: Tensor, size: int) -> Tensor:
 def _labels(y: Any, n: int, num_classes: int, where: str) -> Tensor:
     y = np.asarray(y).reshape(-1)
     if y.shape[0] != n:
-        raise _config.ConfigError(f"{where}: {y.shape[0]} labels for {n} images; the files do not match")
+        raise config_error(f"{where}: {y.shape[0]} labels for {n} images; the files do not match")
     if n and (y.min() < 0 or y.max() >= num_classes):
-        raise _config.ConfigError(f"{where}: labels must lie in 0..{num_classes - 1}, found {y.min()}..{y.max()}")
+        raise config_error(f"{where}: labels must lie in 0..{num_classes - 1}, found {y.min()}..{y.max()}")
     return torch.from_numpy(y.astype(np.int64))
 
 
 def _need_root(root: str | None, source: str, how: str) -> Path:
     if root is None:
-        raise _config.ConfigError(f"dataset.root is not set, but source {source!r} reads its files from a folder.\n{how}")
+        raise config_error(f"dataset.root is not set, but source {source!r} reads its files from a folder.\n{how}")
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise _config.ConfigError(f"dataset.root {str(path)!r} is not a folder (source {source!r}).\n{how}")
+        raise config_error(f"dataset.root {str(path)!r} is not a folder (source {source!r}).\n{how}")
     return path
 
 
@@ -123,19 +129,19 @@ K49_HOW = ("Source 'k49' expects the four official Kuzushiji-49 files directly i
 
 def _read_npz(path: Path) -> np.ndarray:
     if not path.is_file():
-        raise _config.ConfigError(f"missing file {str(path)!r}.\n{K49_HOW}")
+        raise config_error(f"missing file {str(path)!r}.\n{K49_HOW}")
     try:
         with np.load(path, allow_pickle=False) as npz:
             if "arr_0" not in npz.files:
-                raise _config.ConfigError(f"{str(path)!r} has no array 'arr_0' (found {npz.files}).\n{K49_HOW}")
+                raise config_error(f"{str(path)!r} has no array 'arr_0' (found {npz.files}).\n{K49_HOW}")
             return npz["arr_0"]
     except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise _config.ConfigError(f"{str(path)!r} is not a readable npz file ({err}).\n{K49_HOW}") from None
+        raise config_error(f"{str(path)!r} is not a readable npz file ({err}).\n{K49_HOW}") from None
 
 
 def _k49_images(arr: np.ndarray, path: Path) -> Tensor:
     if arr.ndim != 3 or arr.dtype != np.uint8:
-        raise _config.ConfigError(f"{str(path)!r}: expected uint8 images of shape (N, H, W), got "
+        raise config_error(f"{str(path)!r}: expected uint8 images of shape (N, H, W), got "
                           f"{arr.dtype} {arr.shape}.\n{K49_HOW}")
     return torch.from_numpy(np.ascontiguousarray(arr)).unsqueeze(1)  # (N, 1, 28, 28) uint8
 
@@ -146,7 +152,7 @@ def load_k49(*, root: str | None, image_size: int | None = None) -> SourcePools:
     base = _need_root(root, "k49", K49_HOW)
     missing = [f for f in K49_FILES if not (base / f).is_file()]
     if missing:
-        raise _config.ConfigError(f"dataset.root {str(base)!r} lacks {', '.join(missing)}.\n{K49_HOW}")
+        raise config_error(f"dataset.root {str(base)!r} lacks {', '.join(missing)}.\n{K49_HOW}")
     pools = {}
     for split in ("train", "test"):
         img_path, lab_path = base / f"k49-{split}-imgs.npz", base / f"k49-{split}-labels.npz"
@@ -171,17 +177,17 @@ def _cifar_how(name: str, folder: str, train: list[str], test: list[str]) -> str
 
 def _read_cifar_batch(path: Path, label_key: bytes, how: str) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
-        raise _config.ConfigError(f"missing file {str(path)!r}.\n{how}")
+        raise config_error(f"missing file {str(path)!r}.\n{how}")
     try:
         with open(path, "rb") as f:
             d = pickle.load(f, encoding="bytes")
         data, labels = d[b"data"], d[label_key]
     except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
-        raise _config.ConfigError(f"{str(path)!r} is not a CIFAR python batch with b'data' and "
+        raise config_error(f"{str(path)!r} is not a CIFAR python batch with b'data' and "
                           f"{label_key!r} ({type(err).__name__}: {err}).\n{how}") from None
     data = np.asarray(data)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise _config.ConfigError(f"{str(path)!r}: b'data' must be uint8 of shape (N, 3072), got "
+        raise config_error(f"{str(path)!r}: b'data' must be uint8 of shape (N, 3072), got "
                           f"{data.dtype} {data.shape}.\n{how}")
     return data, np.asarray(labels)
 
@@ -194,7 +200,7 @@ def _load_cifar(name: str, root: str | None, image_size: int | None, folder: str
         base = base / folder
     missing = [f for f in train + test if not (base / f).is_file()]
     if missing:
-        raise _config.ConfigError(f"{str(base)!r} lacks {', '.join(missing)}.\n{how}")
+        raise config_error(f"{str(base)!r} lacks {', '.join(missing)}.\n{how}")
     pools = []
     for files in (train, test):
         parts = [_read_cifar_batch(base / f, label_key, how) for f in files]
@@ -240,7 +246,7 @@ def _read_ppm(path: Path, size: int) -> np.ndarray:
             im = im.convert("RGB").resize((size, size), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)  # (S, S, 3)
     except (OSError, UnidentifiedImageError) as err:
-        raise _config.ConfigError(f"{str(path)!r} is not a readable image ({err}).\n{GTSRB_HOW}") from None
+        raise config_error(f"{str(path)!r} is not a readable image ({err}).\n{GTSRB_HOW}") from None
 
 
 def _stack_ppms(paths: list[Path], size: int) -> Tensor:
@@ -265,19 +271,19 @@ def load_gtsrb(*, root: str | None, image_size: int | None = None) -> SourcePool
     csv_path = base / "GT-final_test.csv"
     for p in (train_dir, test_dir):
         if not p.is_dir():
-            raise _config.ConfigError(f"missing folder {str(p)!r}.\n{GTSRB_HOW}")
+            raise config_error(f"missing folder {str(p)!r}.\n{GTSRB_HOW}")
     if not csv_path.is_file():
-        raise _config.ConfigError(f"missing file {str(csv_path)!r}.\n{GTSRB_HOW}")
+        raise config_error(f"missing file {str(csv_path)!r}.\n{GTSRB_HOW}")
 
     train_paths, train_labels = [], []
     for d in sorted(p for p in train_dir.iterdir() if p.is_dir()):
         if not (d.name.isdigit() and int(d.name) < GTSRB_CLASSES):
-            raise _config.ConfigError(f"unexpected class folder {str(d)!r}: names must be 00000..00042.\n{GTSRB_HOW}")
+            raise config_error(f"unexpected class folder {str(d)!r}: names must be 00000..00042.\n{GTSRB_HOW}")
         files = sorted(f for f in d.iterdir() if f.suffix.lower() == ".ppm")
         train_paths += files
         train_labels += [int(d.name)] * len(files)
     if not train_paths:
-        raise _config.ConfigError(f"no .ppm images in the class folders of {str(train_dir)!r}.\n{GTSRB_HOW}")
+        raise config_error(f"no .ppm images in the class folders of {str(train_dir)!r}.\n{GTSRB_HOW}")
 
     test_paths, test_labels = [], []
     try:
@@ -286,11 +292,11 @@ def load_gtsrb(*, root: str | None, image_size: int | None = None) -> SourcePool
                 test_paths.append(test_dir / row["Filename"])
                 test_labels.append(int(row["ClassId"]))
     except (KeyError, TypeError, ValueError) as err:
-        raise _config.ConfigError(f"{str(csv_path)!r} must be semicolon-separated with columns Filename and "
+        raise config_error(f"{str(csv_path)!r} must be semicolon-separated with columns Filename and "
                           f"ClassId ({type(err).__name__}: {err}).\n{GTSRB_HOW}") from None
     missing = [p.name for p in test_paths if not p.is_file()]
     if missing:
-        raise _config.ConfigError(f"{len(missing)} test images named in {str(csv_path)!r} are missing from "
+        raise config_error(f"{len(missing)} test images named in {str(csv_path)!r} are missing from "
                           f"{str(test_dir)!r} (first: {missing[0]}).\n{GTSRB_HOW}")
 
     x_train, x_test = _stack_ppms(train_paths, size), _stack_ppms(test_paths, size)
