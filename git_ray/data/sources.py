@@ -238,14 +238,14 @@ GTSRB_HOW = ("Source 'gtsrb' expects torchvision's GTSRB layout under dataset.ro
 
 
 def _read_ppm(path: Path, size: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
             # Sign photos vary from 15 to 250 pixels a side: resize each to the common size on read.
             im = im.convert("RGB").resize((size, size), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)  # (S, S, 3)
-    except (OSError, UnidentifiedImageError) as err:
+    except (OSError, ValueError, SyntaxError) as err:  # PIL raises all three on broken files
         raise config_error(f"{str(path)!r} is not a readable image ({err}).\n{GTSRB_HOW}") from None
 
 
