@@ -19,7 +19,7 @@ from git_ray.config import TrialConfig
 from git_ray.data import build_dataset
 from git_ray.metrics import ekld, group_accuracies, per_class_accuracy, spearman
 from git_ray.registry import ARCHS, NUISANCES
-from git_ray.results import TrialResult
+from git_ray.results.record import TrialResult
 from git_ray.train.loop import batched_predict, make_predict, resolve_device, train_classifier
 
 

@@ -22,7 +22,8 @@ def kaiming_init(module: nn.Module) -> None:
 
 
 class Classifier(nn.Module):
-    """`body` maps (B, C, H, W) to (B, D, h, w); global average pooling and the head follow."""
+    """`body` maps (B, C, H, W) to (B, D, h, w) (global average pooling follows) or to (B, D);
+    the head follows."""
 
     def __init__(self, body: nn.Module, feature_dim: int, num_classes: int, head: str):
         super().__init__()
@@ -33,7 +34,8 @@ class Classifier(nn.Module):
         self.head = make_head(head, feature_dim, num_classes)
 
     def features(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, D)
-        return self.body(x).mean(dim=(2, 3))
+        z = self.body(x)  # (B, D, h, w), or (B, D) for a body that flattens its own map
+        return z.mean(dim=(2, 3)) if z.dim() == 4 else z
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, K)
         return self.head(self.features(x))
