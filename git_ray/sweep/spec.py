@@ -13,8 +13,8 @@ from typing import Any, Literal, Mapping
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from git_ray.config import (ConfigError, Strict, TrialConfig, format_validation_error, read_yaml,
-                            set_dotted, trial_config)
+from git_ray.config import (ConfigError, Strict, TrialConfig, deep_merge, format_validation_error,
+                            read_yaml, set_dotted, trial_config)
 
 # Search metrics are validation metrics reported every epoch: the test set never steers a search.
 METRICS = {"balanced_accuracy": "val_balanced_accuracy", "accuracy": "val_accuracy",
@@ -101,6 +101,9 @@ class SweepSpec(Strict):
         for key, values in grid.items():
             if not values:
                 raise ValueError(f"grid.{key}: needs at least one value")
+            if key.startswith("@") and not all(isinstance(v, Mapping) for v in values):
+                raise ValueError(f"grid.{key}: an @-axis takes partial trial configs, e.g. "
+                                 "- {balance: {sampler: drs}, augment: {oracle: true}}")
         return grid
 
     @model_validator(mode="after")
@@ -134,7 +137,9 @@ class SweepSpec(Strict):
         """The full trial config for one point of the grid / search space."""
         data: dict[str, Any] = dict(self.base)
         for key, value in params.items():
-            data = set_dotted(data, key, value)
+            # "@label" axes carry partial trial configs merged at the top, so one axis can move
+            # several sections together (e.g. a method that sets balance.* and augment.*).
+            data = deep_merge(data, value) if key.startswith("@") else set_dotted(data, key, value)
         return trial_config(data, where=f"sweep {self.name!r} trial {dict(params)}")
 
     def trial_configs(self) -> list[TrialConfig]:
