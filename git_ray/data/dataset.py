@@ -7,6 +7,7 @@ Recipe (METHOD.md's K49-LT, applied to every source):
    each class as test, seeded by `split_seed`; the rest is its "official" train pool.
 2. Split the train pool per class into train and validation (`val_fraction`, seeded by
    `split_seed`). Validation and test keep the pool's class balance: they are not long-tailed.
+   Digits with the default 0.2: 25% test, 15% val, 60% (about 108 per class) to draw from.
 3. Class sizes come from the profile in rank order; the class order (rank -> class id) is a
    permutation seeded by `instance` alone, so every instance, 0 included, is its own shuffle and
    the same instance means the same order under any split seed.
