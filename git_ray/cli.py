@@ -139,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"git-ray {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # NonFiniteLossError: the trial diverged, nothing was written
+        print(f"git-ray {args.command}: the trial failed: {err}; no results were written", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"git-ray {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -137,13 +137,14 @@ class EvalConfig(Strict):
 
 
 class TrialConfig(Strict):
-    dataset: DatasetConfig = DatasetConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    balance: BalanceConfig = BalanceConfig()
-    augment: AugmentConfig = AugmentConfig()
-    generator: GeneratorConfig = GeneratorConfig()
-    eval: EvalConfig = EvalConfig()
+    # default_factory: building defaults at import time would load the registries mid-import
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    balance: BalanceConfig = Field(default_factory=BalanceConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     seed: int = 0
 
     def flat(self) -> dict[str, Any]:

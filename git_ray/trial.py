@@ -14,12 +14,11 @@ from typing import Callable, ContextManager, Iterator
 import numpy as np
 import torch
 
-from git_ray import SCHEMA_VERSION, __version__
 from git_ray.config import TrialConfig
 from git_ray.data import build_dataset
 from git_ray.metrics import ekld, group_accuracies, per_class_accuracy, spearman
 from git_ray.registry import ARCHS, NUISANCES
-from git_ray.results.record import TrialResult
+from git_ray.results import TrialResult, build_result
 from git_ray.train.loop import batched_predict, make_predict, resolve_device, train_classifier
 
 
@@ -93,40 +92,27 @@ def assemble_result(cfg, data, preds, class_acc, ekld_c, consistency_c, epochs, 
     """The three tables' rows from a finished trial's tensors."""
     counts = data.class_counts.cpu().numpy()
     test_counts = torch.bincount(data.y_test.cpu(), minlength=data.num_classes).numpy()
-    acc = class_acc.cpu().numpy()
-    ek = ekld_c.cpu().numpy()
-    cons = consistency_c.cpu().numpy()
-    # Rank 0 = largest training class; ties keep class-id order so ranks are deterministic.
-    order = np.argsort(-counts, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    third = max(1, len(order) // 3)
-    head, tail = order[:third], order[-third:]
+    acc, ek, cons = (t.cpu().numpy() for t in (class_acc, ekld_c, consistency_c))
+    # Rank 0 = largest training class, in the instance's class order (ties at the floor keep it).
+    rank = np.empty(data.num_classes, dtype=np.int64)
+    rank[data.class_order.cpu().numpy()] = np.arange(data.num_classes)
     groups = group_accuracies(class_acc, data.class_counts, cfg.eval.many_threshold, cfg.eval.few_threshold)
-
-    flat = cfg.flat()
-    trial_id = cfg.fingerprint()
-    trial_row = {
-        "trial_id": trial_id, **flat,
+    metrics = {
         "accuracy": float((preds == data.y_test).float().mean()),
         "balanced_accuracy": float(np.nanmean(acc)),
         "many_accuracy": _f(groups["many"]), "medium_accuracy": _f(groups["medium"]),
         "few_accuracy": _f(groups["few"]),
-        "ekld_mean": float(np.nanmean(ek)), "ekld_head": float(np.nanmean(ek[head])),
-        "ekld_tail": float(np.nanmean(ek[tail])),
+        "ekld_mean": float(np.nanmean(ek)),
         "ekld_size_spearman": _f(spearman(counts.astype(float), ek)),
-        "train_seconds": seconds, "device": str(dev),
-        "git_ray_version": __version__, "schema_version": SCHEMA_VERSION,
     }
     per_class = [
-        {"trial_id": trial_id, **flat, "class_id": c, "class_rank": int(rank[c]),
-         "train_count": int(counts[c]), "test_count": int(test_counts[c]), "accuracy": _f(acc[c]),
-         "ekld": _f(ek[c]), "consistency": _f(cons[c])}
+        {"class_id": c, "class_rank": int(rank[c]), "train_count": int(counts[c]),
+         "test_count": int(test_counts[c]), "accuracy": _f(acc[c]), "ekld": _f(ek[c]),
+         "consistency": _f(cons[c])}
         for c in range(data.num_classes)
     ]
-    epoch_rows = [{"trial_id": trial_id, "dataset_source": cfg.dataset.source,
-                   "dataset_nuisance": cfg.dataset.nuisance, **row} for row in epochs]
-    return TrialResult(trial_id=trial_id, trial=trial_row, per_class=per_class, epochs=epoch_rows)
+    return build_result(cfg, cfg.fingerprint(), metrics, per_class, epochs,
+                        train_seconds=seconds, device=str(dev))
 
 
 def _f(x) -> float:

@@ -277,7 +277,8 @@ def pretrain_generators(spec: SweepSpec) -> None:
 
 
 def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = None,
-              num_cpus: int | None = None, argv: list[str] | None = None) -> dict[str, int]:
+              num_cpus: int | None = None, argv: list[str] | None = None,
+              extra_callbacks: list | None = None) -> dict[str, int]:
     """Run (or resume) a validated sweep; return counts of finished/skipped/stopped/failed trials."""
     import ray
     from ray import tune
@@ -314,7 +315,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
                 name=TUNE_DIR, storage_path=spec.root, verbose=spec.verbose,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[make_progress_callback(spec)]),
+                callbacks=[make_progress_callback(spec), *(extra_callbacks or [])]),
         )
     grid = tuner.fit()
 

@@ -1,0 +1,9 @@
+"""Suite-wide settings: one torch thread per test process. On a busy 2-core machine two threads
+per process thrash (a ResNet fit went from 0.6 s to 35 s); trials under Ray set their own."""
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

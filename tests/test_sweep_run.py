@@ -1,0 +1,145 @@
+"""End-to-end local Ray sweeps on tiny digits configs: results, re-runs, failures and retries,
+Optuna with a persistent study, a generator shared by several trials, and a killed-then-resumed
+driver. One Ray instance serves the in-process tests; the resume test drives its own."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from git_ray.results import read_tables
+from git_ray.sweep.spec import load_sweep
+
+ROOT = Path(__file__).parent.parent
+CHECKER = ROOT.parent / "shared" / "tools" / "check_results.py"
+
+TINY_BASE = {
+    "dataset": {"source": "digits", "nuisance": "background", "imbalance_ratio": 10},
+    "model": {"arch": "small_cnn", "width": 4},
+    "train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "warmup_epochs": 1, "s1": 1, "s2": 2, "threads": 1},
+    "eval": {"ekld_images_per_class": 5, "ekld_draws": 4},
+}
+TINY_GEN = {"steps": 30, "batch_size": 4, "dim": 8, "style_dim": 4, "n_downsample": 1, "n_res": 1,
+            "mlp_dim": 16, "checkpoint_every": 10}
+
+
+def sweep_file(tmp_path: Path, name: str, **fields) -> Path:
+    data = {"name": name, "storage": str(tmp_path / "results"), "resources_per_trial": {"cpu": 1},
+            "max_concurrent_trials": 2, "base": TINY_BASE, **fields}
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def run(path: Path, **kw):
+    from git_ray.sweep.runner import run_sweep
+
+    return run_sweep(load_sweep(path), **kw)
+
+
+def check_contract(root: Path) -> None:
+    out = subprocess.run([sys.executable, str(CHECKER), str(root)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_two_trial_sweep_writes_results_and_reruns_skip(tmp_path, ray_local):
+    path = sweep_file(tmp_path, "two", grid={"seed": [0, 1]})
+    counts = run(path)
+    assert counts == {"finished": 2, "skipped": 0, "stopped": 0, "failed": 0}
+    root = tmp_path / "results" / "two"
+    check_contract(root)
+    t = read_tables(str(root))
+    assert sorted(t["trials"]["seed"]) == [0, 1]
+    assert len(t["epochs"]) == 2 * 3 and len(t["per_class"]) == 2 * 10
+    assert (root / "sweep.yaml").is_file() and (root / "environment.json").is_file()
+    assert "ray" in (root / "environment.json").read_text()
+    # the same sweep again on the same storage runs nothing and duplicates nothing
+    assert run(path)["skipped"] == 2
+    assert len(read_tables(str(root))["trials"]) == 2
+
+
+def test_failing_trial_is_retried_then_recorded(tmp_path, ray_local):
+    from ray import tune
+
+    class Recoveries(tune.Callback):
+        n = 0
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            Recoveries.n += 1
+
+    # lr 1e9 makes the loss NaN within an epoch: the trial must say so and fail
+    path = sweep_file(tmp_path, "fails", max_failures=1, grid={"train.lr": [0.05, 1.0e9]})
+    counts = run(path, extra_callbacks=[Recoveries()])
+    assert counts["finished"] == 1 and counts["failed"] == 1
+    assert Recoveries.n == 1  # retried once before being recorded
+    t = read_tables(str(tmp_path / "results" / "fails"))
+    assert len(t["trials"]) == 1 and t["trials"]["train_lr"].iloc[0] == 0.05
+    failed = t["failed"]
+    assert len(failed) == 1 and failed["attempts"].iloc[0] == 2
+    assert "NonFiniteLossError" in failed["error"].iloc[0] and "lower train.lr" in failed["error"].iloc[0]
+
+
+def test_optuna_search_study_is_persistent(tmp_path, ray_local):
+    from git_ray.sweep.optuna_storage import load_study
+
+    path = sweep_file(tmp_path, "opt", search={
+        "algorithm": "optuna", "metric": "balanced_accuracy", "mode": "max", "num_samples": 3,
+        "space": {"train.lr": {"loguniform": [0.01, 0.2]}, "balance.loss": {"choice": ["ce", "focal"]}}})
+    spec = load_sweep(path)
+    counts = run(path)
+    assert counts["finished"] == 3
+    study = load_study(spec.study_storage, "opt")  # reopened from its SQLite file
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 3
+    assert all(0.01 <= t.params["train.lr"] <= 0.2 for t in done)
+    trials = read_tables(str(tmp_path / "results" / "opt"))["trials"]
+    assert sorted(trials["train_lr"].round(8)) == sorted(round(t.params["train.lr"], 8) for t in done)
+
+
+def test_generator_trained_once_for_several_trials(tmp_path, ray_local):
+    base = {**TINY_BASE, "augment": {"git": True, "git_start": "start", "gen_frac": 0.5}, "generator": TINY_GEN}
+    path = sweep_file(tmp_path, "gen", base=base, grid={"seed": [0, 1, 2]})
+    counts = run(path)
+    assert counts["finished"] == 3
+    cache = tmp_path / "results" / "generators"
+    fingerprints = [d for d in cache.iterdir() if d.is_dir() and not d.name.startswith((".", "_"))]
+    assert len(fingerprints) == 1  # three trials, one generator
+    assert (fingerprints[0] / "generator.pt").is_file()
+    trials = read_tables(str(tmp_path / "results" / "gen"))["trials"]
+    assert trials["augment_git"].all() and len(trials) == 3
+
+
+def test_killed_driver_resumes_without_duplicates(tmp_path):
+    path = sweep_file(tmp_path, "resume", max_concurrent_trials=1, grid={"seed": [0, 1, 2, 3]})
+    root = tmp_path / "results" / "resume"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "git_ray.cli", "sweep", str(path), "--num-cpus", "1"]
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((root / "trials").rglob("*.parquet"))) < 1:
+        time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started die at once
+    driver.wait()
+    done_before = len(list((root / "trials").rglob("*.parquet")))
+    assert 1 <= done_before < 4, "the driver should die midway"
+    out = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "resuming" in out.stdout
+    t = read_tables(str(root))
+    assert sorted(t["trials"]["seed"]) == [0, 1, 2, 3]  # every trial exactly once
+    assert not t["trials"]["trial_id"].duplicated().any()
+    check_contract(root)
