@@ -1,0 +1,151 @@
+"""The generator cache: fingerprints, train-once-then-load, the lock, resuming an interrupted run."""
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+
+import pytest
+import torch
+
+from git_ray.config import GeneratorConfig
+from git_ray.generative import cache as gcache
+from git_ray.generative import generator_fingerprint, generator_paths, get_generator
+from git_ray.generative.train import load_checkpoint, train_munit
+from test_generative_train import TINY, params, tiny_data
+
+CFG = GeneratorConfig(steps=3, checkpoint_every=2, **TINY)
+
+
+@pytest.fixture
+def train_calls(monkeypatch) -> list[str]:
+    """Count (and slow down a little, so concurrent requests overlap) every training run."""
+    calls: list[str] = []
+
+    def counting(data, gcfg, **kw):
+        calls.append(threading.current_thread().name)
+        time.sleep(0.3)
+        return train_munit(data, gcfg, **kw)
+
+    monkeypatch.setattr(gcache, "train_munit", counting)
+    return calls
+
+
+def quiet(msg: str) -> None:
+    pass
+
+
+def test_fingerprint_is_stable_and_sensitive() -> None:
+    fp = generator_fingerprint("data1", CFG)
+    assert fp == generator_fingerprint("data1", GeneratorConfig(**CFG.model_dump()))
+    assert fp == generator_fingerprint("data1", CFG.model_copy(update={"cache": "s3://elsewhere"}))
+    others = {generator_fingerprint("data2", CFG),
+              generator_fingerprint("data1", CFG.model_copy(update={"seed": 1})),
+              generator_fingerprint("data1", CFG.model_copy(update={"steps": 4})),
+              generator_fingerprint("data1", CFG.model_copy(update={"dim": 8}))}
+    assert fp not in others and len(others) == 4
+
+
+def test_first_request_trains_second_loads(tmp_path, train_calls) -> None:
+    data = tiny_data()
+    cache = str(tmp_path / "gens")
+    logs: list[str] = []
+    first = get_generator(data, CFG, cache=cache, device="cpu", log=logs.append)
+    assert len(train_calls) == 1
+    paths = generator_paths(cache, generator_fingerprint(data.fingerprint, CFG))
+    folder = tmp_path / "gens" / paths["fingerprint"]
+    assert sorted(p.name for p in folder.iterdir()) == ["generator.pt", "meta.json", "samples.png"]
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["steps"] == 3 and meta["config"]["dim"] == TINY["dim"] and meta["seconds"] > 0
+    assert (folder / "samples.png").read_bytes().startswith(b"\x89PNG")
+
+    second = get_generator(data, CFG, cache=cache, device="cpu", log=logs.append)
+    assert len(train_calls) == 1  # loaded, not trained
+    assert any("loading" in m for m in logs)
+    assert not second.training
+    assert all(torch.equal(p, q) for p, q in zip(params(first), params(second)))
+    x, z = torch.rand(2, 1, 8, 8) * 2 - 1, torch.randn(2, TINY["style_dim"])
+    torch.testing.assert_close(first.translate(x, z), second.translate(x, z))
+
+    get_generator(data, CFG.model_copy(update={"seed": 5}), cache=cache, device="cpu", log=quiet)
+    assert len(train_calls) == 2  # another config is another generator
+
+
+def test_concurrent_requests_train_once(tmp_path, train_calls) -> None:
+    data = tiny_data()
+    cache = str(tmp_path / "gens")
+    results: dict[str, torch.nn.Module] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(3)
+
+    def request() -> None:
+        try:
+            barrier.wait()
+            results[threading.current_thread().name] = get_generator(data, CFG, cache=cache, device="cpu",
+                                                                     log=quiet)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=request, name=f"trial{i}") for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(train_calls) == 1 and len(results) == 3
+    a, b, c = results.values()
+    assert all(torch.equal(p, q) and torch.equal(p, r) for p, q, r in zip(params(a), params(b), params(c)))
+
+
+def test_lock_factory_is_used(tmp_path, train_calls) -> None:
+    taken: list[str] = []
+
+    @contextlib.contextmanager
+    def lock(fp: str):
+        taken.append(fp)
+        yield
+
+    data = tiny_data()
+    get_generator(data, CFG, cache=str(tmp_path), device="cpu", lock_factory=lock, log=quiet)
+    assert taken == [generator_fingerprint(data.fingerprint, CFG)]
+    assert not list(tmp_path.glob("*.lock"))  # the default file lock was not used
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_training_resumes_from_the_cache_checkpoint(tmp_path, monkeypatch) -> None:
+    data = tiny_data()
+    cfg = GeneratorConfig(steps=5, checkpoint_every=2, **TINY)
+    cache = str(tmp_path / "gens")
+    paths = generator_paths(cache, generator_fingerprint(data.fingerprint, cfg))
+
+    def crash_at_3(data, gcfg, **kw):
+        def cb(step, losses):
+            if step == 3:
+                raise Interrupt
+        return train_munit(data, gcfg, callback=cb, **kw)
+
+    monkeypatch.setattr(gcache, "train_munit", crash_at_3)
+    with pytest.raises(Interrupt):
+        get_generator(data, cfg, cache=cache, device="cpu", log=quiet)
+    assert load_checkpoint(paths["training_checkpoint"])["step"] == 2
+    assert not (tmp_path / "gens" / paths["fingerprint"] / "generator.pt").exists()
+
+    monkeypatch.setattr(gcache, "train_munit", train_munit)
+    logs: list[str] = []
+    resumed = get_generator(data, cfg, cache=cache, device="cpu", log=logs.append)
+    assert any("resuming" in m and "step 2" in m for m in logs)
+    straight = train_munit(data, cfg, log=quiet)
+    assert all(torch.equal(p, q) for p, q in zip(params(resumed), params(straight)))
+
+
+def test_remote_cache_without_lock_warns(monkeypatch, tmp_path) -> None:
+    logs: list[str] = []
+    lock = gcache._lock_for("s3://bucket/gens", "abc", None, logs.append)
+    assert isinstance(lock, contextlib.nullcontext)
+    assert logs and "warning" in logs[0]
+    local = gcache._lock_for(str(tmp_path), "abc", None, logs.append)
+    assert not isinstance(local, contextlib.nullcontext)
