@@ -297,5 +297,10 @@ def test_s3_round_trip_with_endpoint_from_environment(monkeypatch):
         t = read_tables(root)
         assert len(t["trials"]) == 1 and len(t["per_class"]) == 10 and t["failed"].empty
         assert trial_exists(root, r.trial_id) and read_trial(root, r.trial_id)["last_epoch"]["epoch"] == 2
+        # The analysis reader finds the sweep inside a remote folder of sweeps, too.
+        from git_ray.analysis import find_sweeps, load
+        assert [s.name for s in find_sweeps("s3://res/sweeps")] == ["demo"]
+        loaded = load("s3://res/sweeps")
+        assert loaded["trials"]["sweep"].tolist() == ["demo"] and len(loaded["per_class"]) == 10
     finally:
         server.stop()

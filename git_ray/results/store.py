@@ -32,6 +32,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import git_ray
+from git_ray import storage
 from git_ray.config import TrialConfig
 from git_ray.results.record import TrialResult
 from git_ray.results.schema import (
@@ -53,11 +54,8 @@ class SchemaError(ValueError):
 
 def resolve(root: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """(filesystem, base path) for a local folder or a URI such as s3://bucket/prefix."""
-    root = os.fspath(root)
-    if "://" in root:
-        fs, path = pafs.FileSystem.from_uri(root)
-        return fs, path.rstrip("/")
-    return pafs.LocalFileSystem(), os.path.abspath(root)
+    fs, path = storage.resolve(os.fspath(root))
+    return fs, path.rstrip("/") or "/"
 
 
 def _is_local(fs: pafs.FileSystem) -> bool:
