@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from git_ray.analysis import MixedSchemaWarning, Sweep, analyze, load, report_text
+from git_ray.analysis import MixedSchemaWarning, Sweep, analyze, default_out, load, report_text
 from git_ray.analysis import figures as F
 from git_ray.analysis.search import find_study
 from git_ray.analysis.tables import METRICS, effect_table, summary_table
@@ -302,6 +302,11 @@ def test_load_several_paths_and_a_running_sweep(store, tmp_path):
     assert (t["trials"]["sweep"] == "running").sum() == 8
     assert len(t["per_class"][t["per_class"]["sweep"] == "running"]) == 80
     assert not isinstance(t["trials"]["dataset_nuisance"].dtype, pd.CategoricalDtype)
+
+
+def test_default_out_is_beside_the_first_results():
+    assert default_out(["results/a", "results/b"]) == "results/a/analysis"
+    assert default_out("s3://bkt/sweeps/a/") == "s3://bkt/sweeps/a/analysis"
 
 
 def test_no_results_is_a_clear_error(tmp_path, store):

@@ -67,6 +67,13 @@ class Report:
         return report_text(self)
 
 
+def default_out(paths: str | Sequence[str]) -> str:
+    """Where `git-ray analyze` writes when no --out is given: `<first results folder>/analysis`
+    (a folder without trials/, so a later analyze of the parent does not take it for a sweep)."""
+    first = paths if isinstance(paths, str) else list(paths)[0]
+    return storage.join(str(first), "analysis")
+
+
 def analyze(paths: str | Sequence[str], out: str | None = None, *, dpi: int = 110) -> Report:
     """Read the results under `paths` (sweep folders or folders of sweeps, local or URIs), build
     the tables and figures, and write them (CSV, Markdown, PNG, report.html) into `out` if given.
