@@ -21,7 +21,7 @@ from git_ray.config import ConfigError
 from git_ray.results import SCHEMAS, TABLES, dataset, empty_frame, resolve
 from git_ray.results.schema import PARTITION_COLUMNS, file_schema
 
-EXPECTED = "trials/, per_class/ and epochs/ (written by `git-ray sweep` or `git-ray train --out`)"
+EXPECTED = "trials/, per_class/ and epochs/, as `git-ray sweep` and `git-ray train --out` write them"
 
 
 class MixedSchemaWarning(UserWarning):
