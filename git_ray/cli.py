@@ -102,9 +102,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from git_ray.analysis import analyze
+    from git_ray.analysis import analyze, default_out
 
-    report = analyze(args.results, args.out)
+    report = analyze(args.results, args.out or default_out(args.results))
     print(report.text)
     print(f"\ntables, figures and report.html: {report.out}")
     return 0
