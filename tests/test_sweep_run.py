@@ -39,7 +39,7 @@ def sweep_file(tmp_path: Path, name: str, **fields) -> Path:
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
 
