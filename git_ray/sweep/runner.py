@@ -93,7 +93,27 @@ def final_metrics(trial_row: dict, last_epoch: dict | None, skipped: bool) -> di
     return out
 
 
-def trial_trainable(params: dict, *, spec_json: str) -> None:
+def node_id() -> str:
+    """The Ray node this process runs on (reported with every metric: where did a trial run)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def local_paths_absolute(cfg, base_dir: str | None):
+    """The trial config with relative local paths (dataset.root, generator.cache) made absolute
+    against the driver's working directory: Ray Tune runs each trial inside its own trial folder,
+    where a relative path would point nowhere. URIs and absolute paths are left as they are."""
+    if not base_dir:
+        return cfg
+    fix = lambda p: p if p is None or storage.is_remote(p) or os.path.isabs(os.path.expanduser(p)) \
+        else os.path.join(base_dir, p)  # noqa: E731
+    return cfg.model_copy(update={
+        "dataset": cfg.dataset.model_copy(update={"root": fix(cfg.dataset.root)}),
+        "generator": cfg.generator.model_copy(update={"cache": fix(cfg.generator.cache)})})
+
+
+def trial_trainable(params: dict, *, spec_json: str, base_dir: str | None = None) -> None:
     """The function Ray Tune runs for each trial: one `run_trial`, rows written to storage."""
     from ray import tune
 
@@ -101,20 +121,22 @@ def trial_trainable(params: dict, *, spec_json: str) -> None:
     from git_ray.trial import default_generator_cache, run_trial, torch_threads
 
     spec = SweepSpec.model_validate_json(spec_json)
-    cfg = spec.trial_config(params)
+    cfg = local_paths_absolute(spec.trial_config(params), base_dir)
+    node = node_id()
     stored = read_trial(spec.root, cfg.fingerprint())
     if stored is not None:  # finished earlier (resume, re-run, retry after the write)
-        tune.report(final_metrics(stored["trial"], stored["last_epoch"], skipped=True))
+        tune.report({**final_metrics(stored["trial"], stored["last_epoch"], skipped=True), "node_id": node})
         return
     res = spec.resources_per_trial.model_dump()
     threads = cfg.train.threads or max(1, int(res["cpu"]))
     with torch_threads(threads):
         result = run_trial(cfg, device=assigned_device(res),
-                           report=lambda row: tune.report(epoch_metrics(row)),
+                           report=lambda row: tune.report({**epoch_metrics(row), "node_id": node}),
                            generator_cache=default_generator_cache(spec.storage),
                            lock_factory=ray_lock)
     write_trial(spec.root, result)
-    tune.report(final_metrics(result.trial, result.epochs[-1] if result.epochs else None, skipped=False))
+    tune.report({**final_metrics(result.trial, result.epochs[-1] if result.epochs else None, skipped=False),
+                 "node_id": node})
 
 
 def pretrain_generator(cfg_json: str, cache: str, resources: dict[str, float]) -> str:
@@ -272,8 +294,17 @@ def pretrain_generators(spec: SweepSpec) -> None:
     task = ray.remote(num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=spec.max_failures)(pretrain_generator)
     cache = default_generator_cache(spec.storage)
     start = time.perf_counter()
-    ray.get([task.remote(cfg.model_dump_json(), cache, res) for cfg in todo])
+    base_dir = os.getcwd()
+    ray.get([task.remote(local_paths_absolute(cfg, base_dir).model_dump_json(), cache, res) for cfg in todo])
     print(f"[git-ray] phase 0 done in {time.perf_counter() - start:.1f}s", flush=True)
+
+
+def absolute_storage(spec: SweepSpec) -> SweepSpec:
+    """A local `storage` as an absolute path: Ray Tune needs one, and trials run elsewhere."""
+    if storage.is_remote(spec.storage):
+        return spec
+    local = spec.storage.removeprefix("file://")
+    return spec.model_copy(update={"storage": os.path.abspath(os.path.expanduser(local))})
 
 
 def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = None,
@@ -285,6 +316,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
 
     from git_ray.results import write_failure
 
+    spec = absolute_storage(spec)
     exp_path = storage.join(spec.root, TUNE_DIR)
     init_ray(address, num_cpus)
     if resume and not tune.Tuner.can_restore(exp_path):
@@ -295,7 +327,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
     pretrain_generators(spec)
 
     res = spec.resources_per_trial
-    trainable = tune.with_resources(functools.partial(trial_trainable, spec_json=spec.model_dump_json()),
+    trainable = tune.with_resources(functools.partial(trial_trainable, spec_json=spec.model_dump_json(),
+                                                      base_dir=os.getcwd()),
                                     {"cpu": res.cpu, "gpu": res.gpu})
     if resume:
         print(f"[git-ray] resuming {exp_path}", flush=True)
