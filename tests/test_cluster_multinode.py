@@ -1,0 +1,210 @@
+"""Multi-node sweeps on a Ray cluster simulated on one machine (ray.cluster_utils.Cluster): a head
+with no CPUs (as in cluster.yaml, so nothing is scheduled there) and two 1-CPU worker nodes.
+
+- trials land on both workers (each trial reports the Ray node id it ran on);
+- a generator needed by trials on both nodes is trained once (phase 0), and when two tasks on
+  different nodes ask for one that is not trained yet, the sweep's Ray lock lets one train it
+  (counted by a wrapper around the training function, with an unlocked control that does train
+  twice, so the count can tell);
+- a worker node removed while its trial runs: the trial is retried on the other node and every
+  trial is recorded exactly once.
+Tiny configs (digits, small_cnn width 4, 3 epochs) keep each test well under two minutes.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from git_ray.results import read_tables
+from git_ray.sweep.spec import load_sweep
+
+TINY_BASE = {
+    "dataset": {"source": "digits", "nuisance": "background", "imbalance_ratio": 10},
+    "model": {"arch": "small_cnn", "width": 4},
+    "train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "warmup_epochs": 1, "s1": 1, "s2": 2, "threads": 1},
+    "eval": {"ekld_images_per_class": 5, "ekld_draws": 4},
+}
+TINY_GEN = {"steps": 6, "batch_size": 4, "dim": 8, "style_dim": 4, "n_downsample": 1, "n_res": 1,
+            "mlp_dim": 16, "checkpoint_every": 3}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [c.add_node(num_cpus=1, resources={f"worker{i}": 1}) for i in (1, 2)]
+    c.wait_for_nodes()
+    ray.init(address=c.address, logging_level="ERROR")
+    yield c, workers
+    ray.shutdown()
+    c.shutdown()
+
+
+def sweep_file(tmp_path: Path, name: str, **fields) -> Path:
+    data = {"name": name, "storage": str(tmp_path / "results"), "resources_per_trial": {"cpu": 1},
+            "max_concurrent_trials": 2, "base": TINY_BASE, **fields}
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def node_recorder():
+    """A Tune callback keeping, per trial, every node id it reported from and its start times."""
+    from ray import tune
+
+    class Nodes(tune.Callback):
+        def __init__(self):
+            self.nodes: dict[str, list[str]] = {}
+            self.started: list[float] = []
+            self.recovered = 0
+            self.first_epoch_node: str | None = None  # (no threading.Event: callbacks are pickled)
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.started.append(time.time())
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.nodes.setdefault(trial.trial_id, []).append(result["node_id"])
+            if result.get("epoch") == 1 and self.first_epoch_node is None:
+                self.first_epoch_node = result["node_id"]
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            self.recovered += 1
+
+    return Nodes()
+
+
+def test_trials_spread_over_nodes_and_share_one_generator(tmp_path, cluster, monkeypatch):
+    from git_ray.sweep.runner import run_sweep
+
+    c, workers = cluster
+    base = {**TINY_BASE, "augment": {"git": True, "git_start": "start", "gen_frac": 0.5}, "generator": TINY_GEN}
+    # A relative storage, as in the shipped sweep files: the driver resolves it against its own
+    # working directory (trials run inside Ray Tune's trial folders, elsewhere).
+    monkeypatch.chdir(tmp_path)
+    path = sweep_file(tmp_path, "spread", base=base, grid={"seed": [0, 1]}, storage="results")
+    cache = tmp_path / "results" / "generators"
+    seen: list[tuple[int, int]] = []
+
+    class GeneratorFile(node_recorder().__class__):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            super().on_trial_start(iteration, trials, trial, **info)
+            gen = next(cache.glob("*/generator.pt"))  # phase 0 has finished before any trial
+            seen.append((gen.stat().st_ino, gen.stat().st_mtime_ns))
+
+    rec = GeneratorFile()
+    counts = run_sweep(load_sweep(path), address=c.address, extra_callbacks=[rec])
+    assert counts == {"finished": 2, "skipped": 0, "stopped": 0, "failed": 0}
+
+    final_nodes = {ids[-1] for ids in rec.nodes.values()}
+    assert len(final_nodes) == 2  # one trial on each worker node
+    assert final_nodes <= {w.node_id for w in workers}  # and none on the CPU-less head
+
+    folders = [d for d in cache.iterdir() if d.is_dir() and not d.name.startswith((".", "_"))]
+    assert len(folders) == 1  # two trials on two nodes, one generator
+    gen = folders[0] / "generator.pt"
+    # Written once by phase 0: the same file (inode, mtime) at every trial's start and after all.
+    assert set(seen) == {(gen.stat().st_ino, gen.stat().st_mtime_ns)} and len(seen) == 2
+    trials = read_tables(str(tmp_path / "results" / "spread"))["trials"]
+    assert len(trials) == 2 and trials["augment_git"].all()
+
+
+def counting_task():
+    """The task function, made here so that Ray pickles it by value (workers cannot import the
+    test module)."""
+
+    def _get_generator_counting(cache: str, count_file: str, barrier_dir: str, use_lock: bool) -> str:
+        """Runs as a Ray task: wait until both tasks are up, then ask for a generator; every training
+        run appends this node's id to `count_file`."""
+        import ray
+
+        from git_ray.config import DatasetConfig, GeneratorConfig
+        from git_ray.data import build_dataset
+        from git_ray.generative import cache as gcache
+        from git_ray.sweep.runner import ray_lock
+
+        node = ray.get_runtime_context().get_node_id()
+        real_train = gcache.train_munit
+
+        def counting(*args, **kw):
+            with open(count_file, "a") as f:
+                f.write(node + "\n")
+            time.sleep(1.0)  # widen the window in which a second, unlocked trainer would start too
+            return real_train(*args, **kw)
+
+        gcache.train_munit = counting
+        data = build_dataset(DatasetConfig(**TINY_BASE["dataset"]))
+        Path(barrier_dir, node).touch()
+        deadline = time.time() + 60
+        while len(os.listdir(barrier_dir)) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        lock = ray_lock if use_lock else (lambda key: __import__("contextlib").nullcontext())
+        gcache.get_generator(data, GeneratorConfig(**TINY_GEN), cache=cache, device="cpu",
+                             lock_factory=lock, log=lambda m: None)
+        return node
+
+    return _get_generator_counting
+
+
+@pytest.mark.parametrize("use_lock", [True, False], ids=["ray_lock", "no_lock_control"])
+def test_generator_lock_across_nodes(tmp_path, cluster, use_lock):
+    import ray
+
+    from git_ray.sweep.runner import LOCK_ACTOR, LockTable
+
+    locks = ray.remote(num_cpus=0)(LockTable).options(name=LOCK_ACTOR, get_if_exists=True).remote()
+    task = ray.remote(num_cpus=1)(counting_task())
+    cache, count, barrier = tmp_path / "gens", tmp_path / "trainings.txt", tmp_path / "barrier"
+    barrier.mkdir()
+    refs = [task.options(resources={f"worker{i}": 1}).remote(str(cache), str(count), str(barrier), use_lock)
+            for i in (1, 2)]
+    nodes = ray.get(refs, timeout=120)
+    ray.kill(locks)
+    assert len(set(nodes)) == 2  # the two requests came from two nodes
+    trainings = count.read_text().split()
+    if use_lock:
+        assert len(trainings) == 1  # one trained, the other waited on the lock and loaded it
+    else:
+        assert len(trainings) == 2  # the control: without the lock both train
+    assert len([d for d in cache.iterdir() if d.is_dir()]) == 1
+
+
+def test_removed_node_trials_retried_elsewhere_recorded_once(tmp_path, cluster):
+    """Runs last: it removes worker node 1 (or 2) from the module's cluster."""
+    from git_ray.sweep.runner import run_sweep
+
+    c, workers = cluster
+    path = sweep_file(tmp_path, "failover", max_failures=2, grid={"seed": [0, 1, 2]},
+                      base={**TINY_BASE, "train": {**TINY_BASE["train"], "epochs": 4}})
+    rec = node_recorder()
+    removed: list[str] = []
+
+    def remove_on_first_epoch():
+        deadline = time.time() + 120
+        while rec.first_epoch_node is None and time.time() < deadline:
+            time.sleep(0.05)
+        if rec.first_epoch_node is not None:
+            victim = next(w for w in workers if w.node_id == rec.first_epoch_node)
+            removed.append(victim.node_id)
+            c.remove_node(victim, allow_graceful=False)  # as if the machine died
+
+    killer = threading.Thread(target=remove_on_first_epoch, daemon=True)
+    killer.start()
+    counts = run_sweep(load_sweep(path), address=c.address, extra_callbacks=[rec])
+    killer.join(timeout=5)
+
+    assert removed, "no trial reported a first epoch"
+    assert counts["finished"] == 3 and counts["failed"] == 0
+    assert rec.recovered >= 1  # the trial on the removed node failed and was retried
+    retried = [ids for ids in rec.nodes.values() if removed[0] in ids]
+    assert retried and all(ids[-1] != removed[0] for ids in retried)  # finished on the other node
+    t = read_tables(str(tmp_path / "results" / "failover"))
+    assert sorted(t["trials"]["seed"]) == [0, 1, 2] and not t["trials"]["trial_id"].duplicated().any()
+    assert len(t["epochs"]) == 3 * 4 and not t["epochs"].duplicated(["trial_id", "epoch"]).any()
+    assert len(t["per_class"]) == 3 * 10
