@@ -72,15 +72,24 @@ def background_level(x: Tensor) -> Tensor:
     return ring.median(dim=-1).values.mean(dim=-1)
 
 
+def fit_judge(data: Any, *, device: torch.device | str, seed: int, epochs: int = 15) -> JudgeCNN:
+    """The judge: a JudgeCNN on the held-out balanced images (val and test with their nuisance,
+    plus the clean test images), so it knows the nuisance's whole range."""
+    return train_judge(torch.cat([data.x_val, data.x_test, data.x_test_clean]),
+                       torch.cat([data.y_val, data.y_test, data.y_test]), data.num_classes,
+                       epochs=epochs, seed=seed, device=torch.device(device))
+
+
 @torch.no_grad()
 def quality_check(munit: Munit, data: Any, *, device: torch.device | str, seed: int, n: int = 200,
-                  styles: int = 8, judge_epochs: int = 15) -> dict[str, float]:
-    """label_agreement, judge_accuracy, style_variation and style_variation_real (module docstring)."""
+                  styles: int = 8, judge_epochs: int = 15, judge: nn.Module | None = None) -> dict[str, float]:
+    """label_agreement, judge_accuracy, style_variation and style_variation_real (module docstring).
+    Pass a `judge` from `fit_judge` to score several generators of one data set against one judge."""
     device = torch.device(device)
-    with torch.enable_grad():
-        judge = train_judge(torch.cat([data.x_val, data.x_test, data.x_test_clean]),
-                            torch.cat([data.y_val, data.y_test, data.y_test]), data.num_classes,
-                            epochs=judge_epochs, seed=seed, device=device)
+    if judge is None:
+        with torch.enable_grad():
+            judge = fit_judge(data, device=device, seed=seed, epochs=judge_epochs)
+    judge = judge.to(device).eval()
     judge_acc = (predict(judge, data.x_train.to(device)).cpu() == data.y_train.cpu()).float().mean()
 
     g = torch.Generator().manual_seed(seed)
