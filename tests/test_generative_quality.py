@@ -10,8 +10,8 @@ from git_ray.config import DatasetConfig, GeneratorConfig
 from git_ray.generative import quality_check, train_munit
 from git_ray.generative.quality import background_level, fit_judge
 
-# The quality-check generator (also the quickstart sweep's): see the module report in
-# git_ray/generative/quality.py and the lead's README for its measured time and figures.
+# Trains in about 40 s on one 2-core-EPYC core; over 4 seeds/devices label agreement was
+# 0.935-0.95 and style variation 0.055-0.10 (the quickstart uses the same at 600 steps).
 QUALITY_CONFIG = GeneratorConfig(steps=300, batch_size=8, dim=8, n_res=1, mlp_dim=32, lr=1e-3)
 MIN_AGREEMENT = 0.7
 # A generator that ignores its style code scores 0; the real background nuisance spreads the

@@ -78,7 +78,7 @@ def save_generator(munit: Munit, gcfg: GeneratorConfig, data_fingerprint: str) -
 
 def load_generator(location: str, device: torch.device | str = "cpu") -> Munit:
     """Rebuild a Munit from a generator.pt (local path or URI), in eval mode on `device`."""
-    blob = torch.load(io.BytesIO(storage.read_bytes(location)), map_location=device, weights_only=False)
+    blob = torch.load(io.BytesIO(storage.read_bytes(location)), map_location=device, weights_only=True)
     if blob.get("format") != GENERATOR_FORMAT:
         raise ValueError(f"{location} is not a git_ray generator (format {blob.get('format')!r})")
     with torch.random.fork_rng(devices=[]):  # constructor inits are overwritten; leave no RNG trace

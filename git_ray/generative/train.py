@@ -116,7 +116,7 @@ def _checkpoint_bytes(state: dict[str, Any]) -> bytes:
 
 def load_checkpoint(location: str, map_location: Any = "cpu") -> dict[str, Any]:
     return torch.load(io.BytesIO(storage.read_bytes(location)), map_location=map_location,
-                      weights_only=False)
+                      weights_only=True)
 
 
 def _identity(gcfg: Any) -> dict[str, Any]:
