@@ -277,8 +277,8 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
     kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     if address:
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+    else:  # a fresh local Ray, never some other Ray that happens to run on this machine
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
 
 
 def pretrain_generators(spec: SweepSpec) -> None:
