@@ -163,6 +163,12 @@ class TrialConfig(Strict):
         return stable_hash(d)
 
     @property
+    def logit_scale(self) -> float:
+        """What turns the model's outputs into the logits its loss trained: LDAM scales cosines
+        by s inside the loss, so predictions (and eKLD's softmax) must use s * cosine too."""
+        return self.balance.ldam_scale if self.balance.loss == "ldam" else 1.0
+
+    @property
     def head(self) -> str:
         if self.model.head != "auto":
             return self.model.head

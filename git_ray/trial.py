@@ -75,7 +75,7 @@ def run_trial(
         epochs, norm = train_classifier(model, data, cfg, device=dev, report=report, augmenter=augmenter)
 
         # Evaluation: per-class accuracy on the test set, then the eKLD estimator.
-        predict = make_predict(model, norm, dev, cfg.train.amp)
+        predict = make_predict(model, norm, dev, cfg.train.amp, cfg.logit_scale)
         preds = batched_predict(predict, data.x_test, cfg.eval.batch_size).argmax(1)
         class_acc = per_class_accuracy(preds, data.y_test, data.num_classes)
         nuisance = NUISANCES.build(cfg.dataset.nuisance, strength=cfg.dataset.nuisance_strength)

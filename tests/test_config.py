@@ -101,3 +101,8 @@ def test_missing_file_and_bad_yaml(tmp_path):
     p.write_text("- a list\n- not a mapping\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_trial_config(p)
+
+
+def test_ldam_predictions_use_the_loss_scale():
+    assert trial_config({"balance": {"loss": "ldam", "ldam_scale": 20}}).logit_scale == 20
+    assert trial_config({"balance": {"loss": "ce"}}).logit_scale == 1.0

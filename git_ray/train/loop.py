@@ -71,14 +71,16 @@ class Normaliser:
         return (x - self.mean) / self.std
 
 
-def make_predict(model: nn.Module, norm: Normaliser, device: torch.device, amp: bool) -> Callable[[Tensor], Tensor]:
-    """A batch -> logits function for evaluation: eval mode, no grad, normalised, float32 out."""
+def make_predict(model: nn.Module, norm: Normaliser, device: torch.device, amp: bool,
+                 logit_scale: float = 1.0) -> Callable[[Tensor], Tensor]:
+    """A batch -> logits function for evaluation: eval mode, no grad, normalised, float32 out,
+    scaled as the loss saw them (`TrialConfig.logit_scale`)."""
 
     @torch.no_grad()
     def predict(x: Tensor) -> Tensor:
         model.eval()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            return model(norm(x.to(device))).float()
+            return model(norm(x.to(device))).float() * logit_scale
 
     return predict
 
@@ -118,7 +120,7 @@ def train_classifier(
     oracle = NUISANCES.build(cfg.dataset.nuisance, strength=cfg.augment.nuisance_strength) \
         if cfg.augment.oracle else None
     opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    predict = make_predict(model, norm, device, t.amp)
+    predict = make_predict(model, norm, device, t.amp, cfg.logit_scale)
 
     rows: list[dict] = []
     for epoch in range(t.epochs):
