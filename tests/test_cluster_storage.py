@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-moto_server = pytest.importorskip("moto.server")
-boto3 = pytest.importorskip("boto3")
+import boto3  # noqa: E402
+import moto.server as moto_server  # noqa: E402
 
 from git_ray.results import read_tables  # noqa: E402
 from git_ray.sweep.spec import load_sweep  # noqa: E402
@@ -28,14 +28,7 @@ ROOT = Path(__file__).parent.parent
 CHECKER = ROOT.parent / "shared" / "tools" / "check_results.py"
 BUCKET = "git-ray-test"
 
-TINY_BASE = {
-    "dataset": {"source": "digits", "nuisance": "background", "imbalance_ratio": 10},
-    "model": {"arch": "small_cnn", "width": 4},
-    "train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "warmup_epochs": 1, "s1": 1, "s2": 2, "threads": 1},
-    "eval": {"ekld_images_per_class": 5, "ekld_draws": 4},
-}
-TINY_GEN = {"steps": 6, "batch_size": 4, "dim": 8, "style_dim": 4, "n_downsample": 1, "n_res": 1,
-            "mlp_dim": 16, "checkpoint_every": 3}
+from tiny_configs import TINY_BASE, TINY_GEN  # noqa: E402
 
 
 def _free_port() -> int:

@@ -17,14 +17,7 @@ from git_ray.sweep.spec import load_sweep
 ROOT = Path(__file__).parent.parent
 CHECKER = ROOT.parent / "shared" / "tools" / "check_results.py"
 
-TINY_BASE = {
-    "dataset": {"source": "digits", "nuisance": "background", "imbalance_ratio": 10},
-    "model": {"arch": "small_cnn", "width": 4},
-    "train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "warmup_epochs": 1, "s1": 1, "s2": 2, "threads": 1},
-    "eval": {"ekld_images_per_class": 5, "ekld_draws": 4},
-}
-TINY_GEN = {"steps": 30, "batch_size": 4, "dim": 8, "style_dim": 4, "n_downsample": 1, "n_res": 1,
-            "mlp_dim": 16, "checkpoint_every": 10}
+from tiny_configs import TINY_BASE, TINY_GEN  # noqa: E402
 
 
 def sweep_file(tmp_path: Path, name: str, **fields) -> Path:

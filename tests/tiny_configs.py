@@ -1,0 +1,11 @@
+"""Tiny trial and generator configs shared by the end-to-end sweep and cluster tests: digits,
+a 4-wide CNN, 3 epochs, a handful of eKLD draws: seconds per trial on one core."""
+
+TINY_BASE = {
+    "dataset": {"source": "digits", "nuisance": "background", "imbalance_ratio": 10},
+    "model": {"arch": "small_cnn", "width": 4},
+    "train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "warmup_epochs": 1, "s1": 1, "s2": 2, "threads": 1},
+    "eval": {"ekld_images_per_class": 5, "ekld_draws": 4},
+}
+TINY_GEN = {"steps": 6, "batch_size": 4, "dim": 8, "style_dim": 4, "n_downsample": 1, "n_res": 1,
+            "mlp_dim": 16, "checkpoint_every": 3}
