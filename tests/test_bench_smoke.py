@@ -1,0 +1,181 @@
+"""Smoke tests of the benchmarks (bench/): each bench's main runs at a tiny size on the CPU and
+returns the figures it promises, so the benches do not rot. No timing is asserted here: the
+figures' values depend on the machine. What is asserted is behaviour: the names, finite
+positive rates, estimates that agree where they must, and the helpers the benches rely on."""
+import math
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python -m bench.X` runs from the repo root; pytest may not
+    sys.path.insert(0, str(ROOT))
+
+from bench import bench_ekld, bench_gpu_share, bench_sweep, bench_train_step, common, run_all  # noqa: E402
+
+
+def _finite_positive(figs: dict, keys) -> None:
+    for k in keys:
+        assert k in figs, f"missing figure {k}; got {sorted(figs)}"
+        assert math.isfinite(figs[k]) and figs[k] > 0, f"{k} = {figs[k]}"
+
+
+def test_ekld_bench_reports_every_figure_per_nuisance(capsys):
+    figs = bench_ekld.main(["--device", "cpu", "--classes", "6", "--images-per-class", "2", "--draws", "3",
+                            "--no-diagnostics", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "machine:" in out and "torch" in out
+    for name in bench_ekld.NUISANCE_NAMES:
+        assert name in out
+        _finite_positive(figs, [f"{name}.{k}" for k in ("ours_draws_per_s", "per_image_draws_per_s",
+                                                        "draw_speedup", "end_to_end_ratio", "ours_seconds",
+                                                        "per_image_seconds")])
+        for share in ("ours_model_share", "per_image_model_share"):
+            assert 0 < figs[f"{name}.{share}"] < 1
+        assert figs[f"{name}.pairs"] == 6 * 2 * 3
+        assert f"{name}.ekld_pearson" in figs and f"{name}.ekld_rel_diff" in figs
+
+
+def test_ekld_diagnostics_and_proposed_dilation_is_a_drop_in():
+    x = common.to_float(common.stroke_images(49, 2, 28, seed=3)[0])
+    diag = bench_ekld.dilation_proposal(x, torch.device("cpu"), chunk=32)
+    assert diag["dilation.proposed_max_abs_diff"] == 0.0  # same draws, same pixels
+    _finite_positive(diag, [k for k in diag if k.endswith("draws_per_s.batch32")])
+    from git_ray.train.loop import Normaliser
+    norm = Normaliser.fit(x)
+    model = common.calibrated_model("resnet20", norm(x), 49, device=torch.device("cpu"))
+    rates = bench_ekld.model_rates(model, norm, x, torch.device("cpu"), [4, 8], amp=False)
+    _finite_positive(rates, ["model.img_per_s.batch4", "model.channels_last.img_per_s.batch8"])
+
+
+def test_per_image_morphology_matches_git_ray_exactly():
+    from PIL import Image
+    import torchvision.transforms.functional as TF
+    from git_ray.data.nuisances import _morph
+
+    imgs, _ = common.stroke_images(4, 3, 28, seed=1)
+    x = common.to_float(imgs)
+    for k in (1, 2, 3, 4):
+        for dilate in (True, False):
+            pil = torch.stack([TF.to_tensor(common.pil_morph(Image.fromarray(a), k, dilate)) for a in imgs])
+            assert torch.equal(pil, _morph(x, k, dilate)), (k, dilate)
+
+
+def test_per_image_nuisances_keep_shape_and_background_rule():
+    from PIL import Image
+
+    imgs, _ = common.stroke_images(3, 2, 28, seed=2)
+    rng = np.random.default_rng(0)
+    for name in ("none", "rotation", "background", "dilation"):
+        out = common.pil_nuisance(name)(Image.fromarray(imgs[0]), rng)
+        assert out.size == (28, 28) and out.mode == "L"
+    bg = np.array(common.pil_nuisance("background")(Image.fromarray(imgs[1]), rng))
+    ink = imgs[1] > 0
+    assert (bg[ink] == imgs[1][ink]).all() and len(np.unique(bg[~ink])) == 1  # one level, ink kept
+    with pytest.raises(ValueError):
+        common.pil_nuisance("nope")
+
+
+def test_calibrated_model_gives_spread_logits():
+    x = common.to_float(common.stroke_images(49, 3, 28)[0])
+    model = common.calibrated_model("resnet20", (x - x.mean()) / x.std(), 49, device=torch.device("cpu"),
+                                    logit_std=3.0)
+    with torch.no_grad():
+        logits = model((x - x.mean()) / x.std())
+    assert 2.0 < float(logits.std()) < 4.5
+    assert len(set(logits.argmax(1).tolist())) > 3  # not one class for everything
+
+
+def test_train_step_bench_reports_every_mode(capsys):
+    figs = bench_train_step.main(["--device", "cpu", "--archs", "resnet20", "--modes", "plain,oracle,git",
+                                  "--steps", "1", "--warmup", "0", "--loader-batches", "1", "--images", "64",
+                                  "--batch-size", "16",
+                                  "--threads", "1", "--no-loop-check"])
+    assert "resnet20" in capsys.readouterr().out
+    for mode in ("plain", "oracle", "git"):
+        key = f"resnet20.{mode}"
+        _finite_positive(figs, [f"{key}.{k}" for k in ("images_per_s", "per_image_loader_images_per_s",
+                                                       "per_image_step_images_per_s", "speedup_vs_per_image")])
+        shares = [figs[f"{key}.{s}"] for s in ("data_share", "augment_share", "model_share")]
+        assert abs(sum(shares) - 1) < 1e-6 and 0 < figs[f"{key}.per_image_loader_share"] < 1
+    assert figs["resnet20.git.augment_share"] > figs["resnet20.plain.augment_share"]  # GIT generates
+
+
+def test_train_step_loop_check_runs_the_real_loop():
+    data, _, _ = bench_train_step.make_data("resnet32", 32, "background", seed=0)
+    cfg = bench_train_step.trial_config("resnet32", "oracle", "background", batch_size=16)
+    assert cfg.augment.flip and cfg.augment.oracle
+    ips = bench_train_step.loop_images_per_s(data, cfg, torch.device("cpu"), None)
+    assert math.isfinite(ips) and ips > 0
+
+
+def test_gpu_share_bench_runs_on_cpu_and_projects():
+    figs = bench_gpu_share.main(["--device", "cpu", "--procs", "1", "--gen-procs", "1", "--steps", "1",
+                                 "--warmup", "0", "--gen-steps", "1", "--gen-warmup", "1", "--gen-dim", "8", "--images", "128",
+                                 "--git-steps", "0"])
+    assert figs["k49_lt_train_images"] == 7832
+    _finite_positive(figs, ["classifier.n1.total", "generator.n1.total", "eval.eval_images_per_s",
+                            "k49_study.total_gpu_h", "k49_study.generator_gpu_h"])
+    assert figs["classifier.holds"] == 1
+
+
+def test_projection_arithmetic_and_holds():
+    p = bench_gpu_share.project_k49(train_total=7832 * 50 * 360 / 3600, eval_ips=1e12, ekld_s_per_trial=0.0,
+                                    gen_total=60 * 10_000 / 3600, git_ips=None, n_train=7832)
+    assert p["train_gpu_h"] == pytest.approx(1.0) and p["generator_gpu_h"] == pytest.approx(1.0)
+    assert p["total_gpu_h"] == pytest.approx(2.0, rel=1e-6) and "git_extra_gpu_h" not in p
+    rates = {1: {"per_process": 100.0}, 2: {"per_process": 95.0}, 4: {"per_process": 60.0}}
+    assert bench_gpu_share.holds(rates) == 2
+
+
+def test_sweep_bench_builds_the_same_trials_it_was_given(tmp_path):
+    spec = bench_sweep.smaller_sweep(str(ROOT / "sweeps" / "quickstart.yaml"), str(tmp_path), trials=3,
+                                     slots=2, epochs=4, git=False)
+    from git_ray.sweep.spec import load_sweep
+    orig = load_sweep(str(ROOT / "sweeps" / "quickstart.yaml"), storage=str(tmp_path))
+    wanted = [c for c in orig.trial_configs() if not c.augment.git][:3]
+    got = spec.trial_configs()
+    assert len(got) == 3 and spec.max_concurrent_trials == 2 and spec.storage == str(tmp_path)
+    for a, b in zip(got, wanted):
+        assert a.train.epochs == 4 and a.train.s1 <= a.train.s2 <= 4
+        assert a.model_copy(update={"train": b.train}).fingerprint() == b.fingerprint()
+
+
+def test_run_all_reads_generator_lines_and_judges_targets():
+    text = ("paper K49 (METHOD.md): 28x28x1, dim 64, n_res 4, batch 1: 12.5 steps/s -> 10000 steps in 13.3 min\n"
+            "quickstart (digits 16 px): 16x16x1, dim 8, n_res 1, batch 8: 40.0 steps/s -> 300 steps in 0.1 min\n")
+    assert run_all.parse_generator_output(text) == {"paper_k49.steps_per_s": 12.5, "quickstart.steps_per_s": 40.0}
+    lines = run_all.summary({"ekld.rotation.draw_speedup": 5.0, "ekld.background.draw_speedup": 50.0,
+                             "sweep.wall_over_ideal": 1.05, "sweep.overhead_per_trial_s": 3.0}, "cpu")
+    text = "\n".join(lines)
+    assert re.search(r"rotation.draw_speedup .*MISSED: 4.0x short", text)
+    assert re.search(r"background.draw_speedup .*met", text)
+    assert re.search(r"wall_over_ideal .*met", text) and re.search(r"overhead_per_trial_s .*MISSED", text)
+    assert not any("draw_speedup" in l for l in run_all.summary({"ekld.rotation.draw_speedup": 5.0}, "cuda"))
+
+
+def test_run_all_prints_the_machine_and_a_summary(capsys, tmp_path, monkeypatch):
+    tiny = {"ekld": ["--device", "cpu", "--classes", "4", "--images-per-class", "1", "--draws", "2",
+                     "--nuisances", "rotation", "--no-diagnostics"]}
+    monkeypatch.setattr(run_all, "sizes", lambda mode, device: tiny)
+    figs = run_all.main(["--quick", "--device", "cpu", "--only", "ekld", "--json", str(tmp_path / "f.json")])
+    out = capsys.readouterr().out
+    assert out.startswith("git_ray benchmarks (quick sizes) on machine:") and "torch" in out
+    assert "summary against the targets" in out and "draw_speedup" in out
+    assert "ekld.rotation.draw_speedup" in figs
+    import json
+    saved = json.loads((tmp_path / "f.json").read_text())
+    assert saved["machine"]["cores"] >= 1 and saved["figures"] == figs
+
+
+@pytest.mark.slow
+def test_sweep_bench_end_to_end_with_ray(tmp_path):
+    """Ray start-up plus a pool and a sweep of one short trial: about a minute on 2 cores."""
+    figs = bench_sweep.main(["--trials", "1", "--slots", "1", "--epochs", "1", "--storage", str(tmp_path)])
+    _finite_positive(figs, ["ideal_s", "sweep_wall_s", "wall_over_ideal", "pool_wall_s", "ray_init_s",
+                            "direct_trial_s_mean"])
+    assert figs["finished"] == 1 and "overhead_per_trial_s" in figs
