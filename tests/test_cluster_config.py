@@ -54,11 +54,16 @@ def test_node_resources_are_integers_and_head_runs_no_trials(config):
     assert all(1 <= n["max_workers"] <= config["max_workers"] for n in workers)  # can scale up
 
 
-@pytest.mark.parametrize("sweep", sorted(p.name for p in (ROOT / "sweeps").glob("*.yaml")))
+GPU_SWEEPS = sorted(p.name for p in (ROOT / "sweeps").glob("*.yaml") if load_sweep(p).resources_per_trial.gpu > 0)
+
+
+def test_the_paper_sweeps_ask_for_gpu_shares():
+    assert {"k49_invariance.yaml", "k49_git.yaml", "cifar10_lt.yaml", "gtsrb_lt.yaml"} <= set(GPU_SWEEPS)
+
+
+@pytest.mark.parametrize("sweep", GPU_SWEEPS)
 def test_gpu_sweeps_fit_a_worker_and_pack_by_their_gpu_share(config, sweep):
     res = load_sweep(ROOT / "sweeps" / sweep).resources_per_trial
-    if res.gpu == 0:
-        pytest.skip("CPU-only sweep")
     node = config["available_node_types"]["gpu_worker"]["resources"]
     per_node = min(math.floor(node["CPU"] / res.cpu), math.floor(node["GPU"] / res.gpu))
     assert per_node >= 1
