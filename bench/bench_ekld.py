@@ -35,8 +35,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 import git_ray.data  # noqa: F401  (registers the nuisances)
-from bench.common import (Stopwatch, calibrated_model, default_device, machine_line, print_figures,
-                          pil_nuisance, set_threads, stroke_images, sync, timed, to_float)
+from bench.common import (Stopwatch, calibrated_model, cprofile, default_device, machine_line, print_figures,
+                          pil_nuisance, set_threads, stroke_images, sync, timed, to_float, torch_profile)
 from git_ray.data.nuisances import _rand, _randint
 from git_ray.metrics import choose_images, ekld, kl_divergence
 from git_ray.registry import NUISANCES
@@ -224,6 +224,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--classes", type=int, default=NUM_CLASSES, help="classes (K49: 49; fewer only for smoke runs)")
     ap.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    ap.add_argument("--profile", action="store_true",
+                    help="print torch.profiler's top operators of our estimator and cProfile's top "
+                         "entries of the per-image path, for the first nuisance")
     ap.add_argument("--no-diagnostics", action="store_true",
                     help="skip the model-by-batch-size and proposed-dilation measurements")
     return ap.parse_args(argv)
@@ -253,6 +256,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                                    "ours_seconds", "per_image_seconds", "end_to_end_ratio", "ekld_mean",
                                    "ekld_pearson", "ekld_rel_diff", "consistency_mean_abs_diff"])
         out.update({f"{name}.{k}": v for k, v in figs.items()})
+    if args.profile and names:
+        name = names[0]
+        nuisance = NUISANCES.build(name, strength=1.0)
+        x_shown = nuisance(x_clean, torch.Generator().manual_seed(1)).to(device)
+        predict = make_predict(model, norm, device, not args.no_amp)
+        print(f"  profile: our estimator, {name} (torch.profiler, top operators by self time)")
+        print(torch_profile(lambda: ekld(predict, x_shown, x_clean.to(device), y.to(device), nuisance,
+                                         images_per_class=args.images_per_class, draws=args.draws,
+                                         num_classes=args.classes, batch_size=args.batch_size,
+                                         generator=torch.Generator(device=device).manual_seed(0)), device=device))
+        sel = choose_images(y, args.classes, args.images_per_class, torch.Generator().manual_seed(0))
+        print(f"  profile: per-image path, {name} (cProfile, top entries by cumulative time)")
+        print(cprofile(lambda: per_image_ekld(predict, x_shown, images_u8, y, sel, name, draws=args.draws,
+                                              num_classes=args.classes, device=device,
+                                              rng=np.random.default_rng(0), batch_size=args.batch_size)))
     if not args.no_diagnostics:
         more = to_float(stroke_images(NUM_CLASSES, 84, SIZE, seed=args.seed + 1)[0])  # (4116, 1, 28, 28)
         diag = model_rates(model, norm, more, device, sorted({args.batch_size, 256, args.draws}),

@@ -95,6 +95,26 @@ def _pool_trial(cfg_json: str, threads: int, out_root: str) -> tuple[str, float]
     return result.trial_id, float(result.trial["train_seconds"])
 
 
+def _profiled_trial(cfg_json: str, threads: int, top: int) -> str:
+    """cProfile of one run_trial in a fresh process (as a new Ray worker runs its first trial)."""
+    from bench.common import cprofile
+    from git_ray.config import TrialConfig
+    from git_ray.trial import run_trial, torch_threads
+
+    cfg = TrialConfig.model_validate_json(cfg_json)
+    with torch_threads(threads):
+        return cprofile(lambda: run_trial(cfg, device="cpu"), top=top)
+
+
+def profile_fresh_trial(spec, top: int = 20) -> str:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, int(spec.resources_per_trial.cpu))
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(_profiled_trial, spec.trial_configs()[0].model_dump_json(), threads, top).result()
+
+
 def run_pool(spec, slots: int, out_root: str) -> tuple[float, dict[str, float]]:
     """The same trials, `slots` at a time, in fresh spawned processes without Ray: the wall time
     a sweep would take on this machine at this concurrency with a scheduler that cost nothing."""
@@ -170,11 +190,13 @@ def run_ray(spec, slots: int) -> tuple[float, float, dict, dict[str, float]]:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sweep", default=os.path.join(os.path.dirname(__file__), "..", "sweeps", "quickstart.yaml"))
-    ap.add_argument("--trials", type=int, default=4, help="grid points to run (the quickstart has 12 without GIT)")
+    ap.add_argument("--trials", type=int, default=6, help="grid points to run (the quickstart has 12 without GIT)")
     ap.add_argument("--slots", type=int, default=2, help="concurrent trials (max_concurrent_trials)")
     ap.add_argument("--epochs", type=int, default=None, help="override train.epochs (default: the sweep's)")
     ap.add_argument("--git", action="store_true", help="keep GIT grid points (each distinct generator is trained)")
     ap.add_argument("--storage", default=None, help="folder for both runs' results (default: a new one under /tmp)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print cProfile's top entries of one trial in a fresh process")
     ap.add_argument("--keep", action="store_true", help="keep the storage folder afterwards")
     return ap.parse_args(argv)
 
@@ -223,6 +245,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "ray_init_s": init_s,
     }
     print_figures("figures (seconds unless a ratio)", figs)
+    if args.profile:
+        print("  profile: one trial's run_trial in a fresh process (cProfile, top entries by cumulative time)")
+        print(profile_fresh_trial(spec))
     return figs
 
 

@@ -44,7 +44,7 @@ import git_ray.balance  # noqa: F401  (registers losses, samplers, class weights
 import git_ray.data  # noqa: F401  (registers nuisances)
 import git_ray.models  # noqa: F401  (registers archs)
 from bench.common import (Stopwatch, default_device, machine_line, pil_nuisance, print_figures,
-                          set_threads, stroke_images, sync, to_float)
+                          set_threads, stroke_images, sync, to_float, torch_profile)
 from git_ray.config import (AugmentConfig, BalanceConfig, DatasetConfig, EvalConfig, GeneratorConfig,
                             ModelConfig, TrainConfig, TrialConfig)
 from git_ray.generative import GitAugmenter
@@ -254,6 +254,9 @@ def bench_setting(setting: str, modes: list[str], args, device: torch.device) ->
             f"{key}.per_image_step_images_per_s": batch / per_image_step,
             f"{key}.speedup_vs_per_image": per_image_step / step_s,
         })
+        if args.profile:
+            print(f"  profile: {setting} {mode}, 2 steps (torch.profiler, top operators by self time)")
+            print(torch_profile(lambda: tr.run(2, 0, timed=False, seed=2), device=device))
         if args.loop_check if args.loop_check is not None else device.type == "cuda":
             out[f"{key}.loop_images_per_s"] = loop_images_per_s(data, cfg, device, augmenter)
     return out
@@ -272,6 +275,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--loader-batches", type=int, default=3, help="batches timed from the per-image DataLoader")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (the paper's pattern)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--profile", action="store_true", help="print torch.profiler's top operators per mode")
     ap.add_argument("--loop-check", dest="loop_check", action="store_true", default=None,
                     help="also time the real train_classifier (default on CUDA)")
     ap.add_argument("--no-loop-check", dest="loop_check", action="store_false")

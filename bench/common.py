@@ -245,3 +245,39 @@ def pil_nuisance(name: str, strength: float = 1.0) -> Callable[[Image.Image, np.
             return pil_morph(img, int(rng.choice((1, 2))), False)
         return dilation
     raise ValueError(f"no per-image version of nuisance {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Profiles: where the time goes
+
+
+def torch_profile(fn: Callable[[], object], top: int = 12, device: torch.device | None = None) -> str:
+    """torch.profiler table of `fn()`'s operators, the `top` largest by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device is not None and device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        fn()
+        if device is not None:
+            sync(device)
+    key = "self_cuda_time_total" if device is not None and device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=48)
+
+
+def cprofile(fn: Callable[[], object], top: int = 15) -> str:
+    """cProfile's `top` entries of `fn()` by cumulative time."""
+    import cProfile
+    import io
+    import pstats
+
+    pr = cProfile.Profile()
+    pr.enable()
+    try:
+        fn()
+    finally:
+        pr.disable()
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats("cumulative").print_stats(top)
+    return buf.getvalue()

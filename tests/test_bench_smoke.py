@@ -26,9 +26,11 @@ def _finite_positive(figs: dict, keys) -> None:
 
 def test_ekld_bench_reports_every_figure_per_nuisance(capsys):
     figs = bench_ekld.main(["--device", "cpu", "--classes", "6", "--images-per-class", "2", "--draws", "3",
-                            "--no-diagnostics", "--threads", "1"])
+                            "--no-diagnostics", "--threads", "1", "--profile"])
     out = capsys.readouterr().out
     assert "machine:" in out and "torch" in out
+    assert "profile: our estimator" in out and "aten::" in out  # torch.profiler's table
+    assert "profile: per-image path" in out and "cumulative" in out  # cProfile's
     for name in bench_ekld.NUISANCE_NAMES:
         assert name in out
         _finite_positive(figs, [f"{name}.{k}" for k in ("ours_draws_per_s", "per_image_draws_per_s",
