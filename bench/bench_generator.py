@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from dataclasses import dataclass
 
 import torch
 
+from bench.common import cpu_model
 from git_ray.config import GeneratorConfig
 from git_ray.generative.train import train_munit
 
@@ -35,17 +35,6 @@ class RandomData:
     channels: int
     image_size: int
     fingerprint: str = "bench"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def steps_per_second(gcfg: GeneratorConfig, size: int, channels: int, *, device: torch.device,

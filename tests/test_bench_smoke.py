@@ -174,7 +174,6 @@ def test_run_all_prints_the_machine_and_a_summary(capsys, tmp_path, monkeypatch)
     assert saved["machine"]["cores"] >= 1 and saved["figures"] == figs
 
 
-@pytest.mark.slow
 def test_sweep_bench_end_to_end_with_ray(tmp_path):
     """Ray start-up plus a pool and a sweep of one short trial: about a minute on 2 cores."""
     figs = bench_sweep.main(["--trials", "1", "--slots", "1", "--epochs", "1", "--storage", str(tmp_path)])
