@@ -37,7 +37,7 @@ from PIL import Image
 import git_ray.data  # noqa: F401  (registers the nuisances)
 from bench.common import (Stopwatch, calibrated_model, cprofile, default_device, machine_line, print_figures,
                           pil_nuisance, set_threads, stroke_images, sync, timed, to_float, torch_profile)
-from git_ray.data.nuisances import _rand, _randint
+from git_ray.data.nuisances import _rand, _randint, _window_max
 from git_ray.metrics import choose_images, ekld, kl_divergence
 from git_ray.registry import NUISANCES
 from git_ray.train.loop import Normaliser, make_predict
@@ -159,13 +159,6 @@ def model_rates(model, norm, x: torch.Tensor, device: torch.device, sizes: list[
                 best = min(best, time.perf_counter() - start)
             out[f"model.{tag}img_per_s.batch{bs}"] = len(x) / best
     return out
-
-
-def _window_max(x: torch.Tensor, low: bool) -> torch.Tensor:
-    """Max over a 2x2 window at offsets {-1, 0} (low) or {0, +1}, border = -inf, size kept."""
-    p = F.pad(x, (1, 0, 1, 0) if low else (0, 1, 0, 1), value=-math.inf)  # (B, C, H+1, W+1)
-    rows = torch.maximum(p[:, :, 1:, :], p[:, :, :-1, :])  # (B, C, H, W+1)
-    return torch.maximum(rows[:, :, :, 1:], rows[:, :, :, :-1])  # (B, C, H, W)
 
 
 def proposed_dilation(x: torch.Tensor, generator: torch.Generator, strength: float = 1.0) -> torch.Tensor:

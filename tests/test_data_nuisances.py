@@ -239,3 +239,25 @@ def test_cpu_generator_with_cuda_batch_matches_cpu(name):
     on_gpu = nuis(x.cuda(), gen(9))
     assert on_gpu.is_cuda
     assert torch.allclose(on_gpu.cpu(), nuis(x, gen(9)), atol=1e-4)
+
+
+def test_dilation_chain_equals_the_max_pool_reference():
+    """The registered dilation (chained 2x2 maxima) gives, image by image, exactly what
+    `_morph` (one max-pool with the drawn kernel, OpenCV's anchors) gives."""
+    from git_ray.data.nuisances import Dilation
+
+    x = (torch.rand(64, 1, 12, 12, generator=torch.Generator().manual_seed(1)) > 0.7).float()
+    x = x * torch.rand(64, 1, 12, 12, generator=torch.Generator().manual_seed(2))
+    out = Dilation(strength=1.0)(x, torch.Generator().manual_seed(3))
+    # replay the same draws to learn each image's kernel
+    g = torch.Generator().manual_seed(3)
+    torch.rand(64, generator=g)  # applied
+    dilate = torch.rand(64, generator=g) < Dilation.P_DILATE
+    k_dil = torch.randint(0, 3, (64,), generator=g)
+    k_ero = torch.randint(0, 2, (64,), generator=g)
+    seen = set()
+    for i in range(64):
+        k, is_dil = (Dilation.DILATE_K[k_dil[i]], True) if dilate[i] else (Dilation.ERODE_K[k_ero[i]], False)
+        seen.add((k, is_dil))
+        assert torch.equal(out[i:i + 1], _morph(x[i:i + 1], k, is_dil)), (i, k, is_dil)
+    assert {(2, True), (3, True), (4, True), (2, False), (1, False)} <= seen  # every kernel was tried

