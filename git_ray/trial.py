@@ -16,7 +16,7 @@ import torch
 
 from git_ray.config import TrialConfig
 from git_ray.data import build_dataset
-from git_ray.metrics import ekld, group_accuracies, per_class_accuracy, spearman
+from git_ray.metrics import balanced_accuracy, ekld, group_accuracies, per_class_accuracy, spearman
 from git_ray.registry import ARCHS, NUISANCES
 from git_ray.results import TrialResult, build_result
 from git_ray.train.loop import batched_predict, make_predict, resolve_device, train_classifier
@@ -99,7 +99,7 @@ def assemble_result(cfg, data, preds, class_acc, ekld_c, consistency_c, epochs, 
     groups = group_accuracies(class_acc, data.class_counts, cfg.eval.many_threshold, cfg.eval.few_threshold)
     metrics = {
         "accuracy": float((preds == data.y_test).float().mean()),
-        "balanced_accuracy": float(np.nanmean(acc)),
+        "balanced_accuracy": balanced_accuracy(class_acc),
         "many_accuracy": _f(groups["many"]), "medium_accuracy": _f(groups["medium"]),
         "few_accuracy": _f(groups["few"]),
         "ekld_mean": float(np.nanmean(ek)),

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from git_ray.config import TrialConfig
+from git_ray.metrics import balanced_accuracy, per_class_accuracy
 from git_ray.registry import CLASS_WEIGHTS, LOSSES, NUISANCES, SAMPLERS
 
 
@@ -89,13 +90,6 @@ def batched_predict(predict: Callable[[Tensor], Tensor], x: Tensor, batch_size: 
     return torch.cat([predict(chunk) for chunk in x.split(batch_size)]) if len(x) else x.new_zeros(0)
 
 
-def balanced_accuracy(preds: Tensor, y: Tensor, num_classes: int) -> float:
-    hits = torch.zeros(num_classes, device=y.device).index_add_(0, y, (preds == y).float())
-    counts = torch.bincount(y, minlength=num_classes).float()
-    present = counts > 0
-    return float((hits[present] / counts[present]).mean()) if present.any() else math.nan
-
-
 def train_classifier(
     model: nn.Module,
     data,  # git_ray.data.LongTailData, already on `device`
@@ -165,7 +159,7 @@ def train_classifier(
             "train_loss": float(loss_sum) / max(seen, 1),
             "train_accuracy": float(correct) / max(seen, 1),
             "val_accuracy": float((val_preds == data.y_val).float().mean()) if len(data.y_val) else math.nan,
-            "val_balanced_accuracy": balanced_accuracy(val_preds, data.y_val, data.num_classes),
+            "val_balanced_accuracy": balanced_accuracy(per_class_accuracy(val_preds, data.y_val, data.num_classes)),
             "seconds": time.perf_counter() - start,
         }
         rows.append(row)
