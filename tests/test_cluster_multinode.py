@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from git_ray.results import read_tables
 from git_ray.sweep.spec import load_sweep
 
-from tiny_configs import TINY_BASE, TINY_GEN  # noqa: E402
+from tiny_configs import TINY_BASE, TINY_GEN, sweep_file  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +39,6 @@ def cluster():
     c.shutdown()
 
 
-def sweep_file(tmp_path: Path, name: str, **fields) -> Path:
-    data = {"name": name, "storage": str(tmp_path / "results"), "resources_per_trial": {"cpu": 1},
-            "max_concurrent_trials": 2, "base": TINY_BASE, **fields}
-    p = tmp_path / f"{name}.yaml"
-    p.write_text(yaml.safe_dump(data))
-    return p
 
 
 def node_recorder():

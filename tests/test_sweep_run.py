@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from git_ray.results import read_tables
 from git_ray.sweep.spec import load_sweep
@@ -17,15 +16,9 @@ from git_ray.sweep.spec import load_sweep
 ROOT = Path(__file__).parent.parent
 CHECKER = ROOT.parent / "shared" / "tools" / "check_results.py"
 
-from tiny_configs import TINY_BASE, TINY_GEN  # noqa: E402
+from tiny_configs import TINY_BASE, TINY_GEN, sweep_file  # noqa: E402
 
 
-def sweep_file(tmp_path: Path, name: str, **fields) -> Path:
-    data = {"name": name, "storage": str(tmp_path / "results"), "resources_per_trial": {"cpu": 1},
-            "max_concurrent_trials": 2, "base": TINY_BASE, **fields}
-    p = tmp_path / f"{name}.yaml"
-    p.write_text(yaml.safe_dump(data))
-    return p
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,9 @@
 """Tiny trial and generator configs shared by the end-to-end sweep and cluster tests: digits,
-a 4-wide CNN, 3 epochs, a handful of eKLD draws: seconds per trial on one core."""
+a 4-wide CNN, 3 epochs, a handful of eKLD draws: seconds per trial on one core. `sweep_file`
+writes a sweep file over them."""
+from pathlib import Path
+
+import yaml
 
 TINY_BASE = {
     "dataset": {"source": "digits", "nuisance": "background", "imbalance_ratio": 10},
@@ -9,3 +13,11 @@ TINY_BASE = {
 }
 TINY_GEN = {"steps": 6, "batch_size": 4, "dim": 8, "style_dim": 4, "n_downsample": 1, "n_res": 1,
             "mlp_dim": 16, "checkpoint_every": 3}
+
+
+def sweep_file(tmp_path: Path, name: str, **fields) -> Path:
+    data = {"name": name, "storage": str(tmp_path / "results"), "resources_per_trial": {"cpu": 1},
+            "max_concurrent_trials": 2, "base": TINY_BASE, **fields}
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
