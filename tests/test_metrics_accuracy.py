@@ -1,6 +1,7 @@
 """Accuracy metrics on hand-checkable examples; Spearman's nan-safety."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy.stats import spearmanr
@@ -44,3 +45,13 @@ def test_spearman_matches_scipy_and_is_nan_safe():
     assert math.isnan(spearman([1.0], [2.0]))
     with pytest.raises(ValueError):
         spearman([1, 2], [1, 2, 3])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_spearman_with_ties_matches_scipy(seed):
+    # Long-tailed class sizes tie at the floor (every class at least 5): ties get mean ranks.
+    rng = np.random.default_rng(seed)
+    sizes = rng.permutation(np.maximum(5, (4800 * np.arange(1, 50) ** -2.0).astype(int)))  # K49-LT
+    ekld = np.round(rng.random(49), 1)  # coarse values: ties on this side too
+    assert (sizes == 5).sum() > 1 and len(np.unique(ekld)) < 49
+    assert spearman(sizes, ekld) == pytest.approx(spearmanr(sizes, ekld).statistic, abs=1e-12)
