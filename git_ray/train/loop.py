@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from git_ray.config import TrialConfig
 from git_ray.metrics import balanced_accuracy, per_class_accuracy
 from git_ray.registry import CLASS_WEIGHTS, LOSSES, NUISANCES, SAMPLERS
+from git_ray.train.optim import MomentumSGD
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -113,8 +114,9 @@ def train_classifier(
                              s1=t.s1, batch_size=t.batch_size, seed=cfg.seed)
     oracle = NUISANCES.build(cfg.dataset.nuisance, strength=cfg.augment.nuisance_strength) \
         if cfg.augment.oracle else None
-    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    opt = MomentumSGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     predict = make_predict(model, norm, device, t.amp, cfg.logit_scale)
+    forward_batch = cfg.eval.forward_batch_for(device)
 
     rows: list[dict] = []
     for epoch in range(t.epochs):
@@ -152,7 +154,7 @@ def train_classifier(
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
 
-        val_preds = batched_predict(predict, data.x_val, cfg.eval.batch_size).argmax(1)
+        val_preds = batched_predict(predict, data.x_val, forward_batch).argmax(1)
         row = {
             "epoch": epoch,
             "lr": lr_at(cfg, epoch),
