@@ -77,3 +77,20 @@ def test_search_space_and_storage_defaults(tmp_path):
 def test_cli_overrides(tmp_path):
     spec = load_sweep(write(tmp_path, BASE), storage="elsewhere", max_concurrent=3)
     assert spec.root == "elsewhere/t" and spec.max_concurrent_trials == 3
+
+
+def test_epoch_reporter_throttles_but_always_sends_the_first_row():
+    from git_ray.sweep.runner import epoch_reporter
+
+    now = [0.0]
+    sent: list[int] = []
+    report = epoch_reporter(lambda row: sent.append(row["epoch"]), every_s=10.0, clock=lambda: now[0])
+    for epoch in range(40):  # one epoch every 3 s
+        report({"epoch": epoch})
+        now[0] += 3.0
+    assert sent == [0, 4, 8, 12, 16, 20, 24, 28, 32, 36]  # 12 s apart: the first row at or past 10 s
+    every = []
+    report = epoch_reporter(lambda row: every.append(row["epoch"]), every_s=0.0, clock=lambda: 5.0)
+    for epoch in range(5):
+        report({"epoch": epoch})
+    assert every == list(range(5))  # with a scheduler (every_s 0) each epoch goes to Tune
