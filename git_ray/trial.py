@@ -76,14 +76,16 @@ def run_trial(
 
         # Evaluation: per-class accuracy on the test set, then the eKLD estimator.
         predict = make_predict(model, norm, dev, cfg.train.amp, cfg.logit_scale)
-        preds = batched_predict(predict, data.x_test, cfg.eval.batch_size).argmax(1)
+        forward = cfg.eval.forward_batch_for(dev)
+        preds = batched_predict(predict, data.x_test, forward).argmax(1)
         class_acc = per_class_accuracy(preds, data.y_test, data.num_classes)
         nuisance = NUISANCES.build(cfg.dataset.nuisance, strength=cfg.dataset.nuisance_strength)
         gen = torch.Generator(device=dev).manual_seed(cfg.seed * 104729 + 17)
         ekld_c, consistency_c = ekld(
             predict, data.x_test, data.x_test_clean, data.y_test, nuisance,
             images_per_class=cfg.eval.ekld_images_per_class, draws=cfg.eval.ekld_draws,
-            num_classes=data.num_classes, generator=gen, batch_size=cfg.eval.batch_size)
+            num_classes=data.num_classes, generator=gen, batch_size=cfg.eval.batch_size,
+            forward_batch_size=forward)
     seconds = time.perf_counter() - start
     return assemble_result(cfg, data, preds, class_acc, ekld_c, consistency_c, epochs, seconds, dev)
 

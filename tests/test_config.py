@@ -39,6 +39,17 @@ def test_fingerprint_tracks_what_changes_results():
     # where files live and which device runs it are not identity
     assert base.fingerprint() == trial_config({"dataset": {"root": "/x"}, "train": {"device": "cpu"},
                                                "generator": {"cache": "s3://b/c"}}).fingerprint()
+    # nor is evaluation's forward batch (it moves no draw); the draw chunk is
+    assert base.fingerprint() == trial_config({"eval": {"forward_batch": 64}}).fingerprint()
+    assert base.fingerprint() != trial_config({"eval": {"batch_size": 64}}).fingerprint()
+
+
+def test_forward_batch_defaults_by_device():
+    from git_ray.config import CPU_FORWARD_BATCH
+
+    assert TrialConfig().eval.forward_batch_for("cpu") == CPU_FORWARD_BATCH
+    assert TrialConfig().eval.forward_batch_for("cuda:0") == TrialConfig().eval.batch_size
+    assert trial_config({"eval": {"forward_batch": 32}}).eval.forward_batch_for("cuda:0") == 32
 
 
 def test_overrides_and_merge():

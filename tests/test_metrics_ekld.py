@@ -107,6 +107,23 @@ def test_ekld_agrees_with_a_slow_reference_and_is_reproducible():
     assert torch.allclose(e1, ref_kl / n, atol=1e-6)
 
 
+def test_forward_batch_changes_no_draw():
+    x_shown, x_clean, y = data(n_per_class=(5, 5, 2), seed=3)
+    w = torch.randn(16, K, generator=torch.Generator().manual_seed(1))
+    calls: list[int] = []
+
+    def linear(x):
+        calls.append(len(x))
+        return x.flatten(1) @ w
+
+    e1, c1 = run(linear, x_shown, x_clean, y, seed=5)
+    assert max(calls) == 7
+    calls.clear()
+    e2, c2 = run(linear, x_shown, x_clean, y, seed=5, forward_batch_size=2)
+    assert max(calls) == 2  # the model saw smaller batches ...
+    assert torch.allclose(e1, e2, atol=1e-6) and torch.equal(c1, c2)  # ... of the very same draws
+
+
 def test_ekld_is_nonnegative_and_respects_images_per_class():
     x_shown, x_clean, y = data(n_per_class=(10, 2, 5))
     sel = choose_images(y, K, 4, torch.Generator().manual_seed(0))

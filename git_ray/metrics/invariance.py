@@ -48,15 +48,19 @@ def _predict_in_chunks(predict: Predict, x: Tensor, batch_size: int) -> Tensor:
 @torch.no_grad()
 def ekld(predict: Predict, x_shown: Tensor, x_clean: Tensor, y: Tensor, nuisance: Nuisance, *,
          images_per_class: int, draws: int, num_classes: int, generator: torch.Generator,
-         batch_size: int) -> tuple[Tensor, Tensor]:
+         batch_size: int, forward_batch_size: int | None = None) -> tuple[Tensor, Tensor]:
     """Per-class eKLD (K,) and consistency (K,), float64 on CPU; nan for a class with no images.
 
     `x_shown` are the evaluated images (nuisance applied), `x_clean` the same images before it;
     `generator` picks the images and drives every nuisance draw, so the estimate is reproducible.
+    Draws are made `batch_size` pairs at a time (that fixes which random numbers each pair gets);
+    the model sees `forward_batch_size` images per call (default `batch_size`), which changes
+    only speed and float rounding.
     """
+    forward = forward_batch_size or batch_size
     sel = choose_images(y, num_classes, images_per_class, generator).to(x_clean.device)  # (M,)
     cls = y.detach().to(x_clean.device)[sel]  # (M,)
-    ref = _predict_in_chunks(predict, x_shown[sel], batch_size)  # (M, K)
+    ref = _predict_in_chunks(predict, x_shown[sel], forward)  # (M, K)
     ref_pred = ref.argmax(dim=1)  # (M,)
 
     kl_sum = torch.zeros(num_classes, dtype=torch.float64, device=ref.device)
@@ -65,7 +69,7 @@ def ekld(predict: Predict, x_shown: Tensor, x_clean: Tensor, y: Tensor, nuisance
     for start in range(0, len(pairs), batch_size):
         img = pairs[start:start + batch_size] // draws  # (b,) rows into sel
         x_new = nuisance(x_clean[sel[img]], generator)  # (b, C, H, W): a fresh draw per pair
-        out = _predict_in_chunks(predict, x_new, batch_size)  # (b, K)
+        out = _predict_in_chunks(predict, x_new, forward)  # (b, K)
         img, c = img.to(ref.device), cls[img].to(ref.device)
         kl_sum.index_add_(0, c, kl_divergence(ref[img], out).double())
         agree.index_add_(0, c, (out.argmax(dim=1) == ref_pred[img]).double())
