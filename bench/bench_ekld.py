@@ -37,7 +37,6 @@ from PIL import Image
 import git_ray.data  # noqa: F401  (registers the nuisances)
 from bench.common import (Stopwatch, calibrated_model, cprofile, default_device, machine_line, print_figures,
                           pil_nuisance, set_threads, stroke_images, sync, timed, to_float, torch_profile)
-from git_ray.data.nuisances import _rand, _randint, _window_max
 from git_ray.metrics import choose_images, ekld, kl_divergence
 from git_ray.registry import NUISANCES
 from git_ray.train.loop import Normaliser, make_predict
@@ -133,7 +132,7 @@ def bench_one(name: str, *, images_u8: np.ndarray, x_clean: torch.Tensor, y: tor
 
 
 # ---------------------------------------------------------------------------------------------
-# Where the time goes: the model by batch size, and a faster dilation with the same output
+# Where the time goes: the model by batch size
 
 
 def model_rates(model, norm, x: torch.Tensor, device: torch.device, sizes: list[int], amp: bool) -> dict[str, float]:
@@ -161,50 +160,6 @@ def model_rates(model, norm, x: torch.Tensor, device: torch.device, sizes: list[
     return out
 
 
-def proposed_dilation(x: torch.Tensor, generator: torch.Generator, strength: float = 1.0) -> torch.Tensor:
-    """git_ray's Dilation (same draws, same output) computed as chains of 2x2 maxima over the
-    whole batch: 2x2, then 3x3 = 2x2 + 2x2 (offsets {0, 1}), 4x4 = 3x3 + 2x2 (squares add under
-    Minkowski sum, so the anchors match OpenCV's), erosion 2x2 = -max(-x). No gathers or
-    scatters: every op is a streaming elementwise max, which vectorises well on a CPU."""
-    b = x.shape[0]
-    applied = _rand(b, generator, x.device) < strength
-    dilate = _rand(b, generator, x.device) < 0.6
-    k_dil = _randint(0, 3, b, generator, x.device)
-    k_ero = _randint(0, 2, b, generator, x.device)
-    choice = torch.where(dilate, 1 + k_dil, 4 + k_ero)  # 1..3 dilate k = 2..4, 4 identity, 5 erode 2
-    choice = torch.where(applied, choice, torch.zeros_like(choice)).view(b, 1, 1, 1)
-    d2 = _window_max(x, True)
-    d3 = _window_max(d2, False)
-    d4 = _window_max(d3, True)
-    out = torch.where(choice == 1, d2, x)
-    out = torch.where(choice == 2, d3, out)
-    out = torch.where(choice == 3, d4, out)
-    return torch.where(choice == 5, -_window_max(-x, True), out)
-
-
-def dilation_proposal(x: torch.Tensor, device: torch.device, chunk: int = 256) -> dict[str, float]:
-    """Nuisance-only draws/s of the registered dilation vs `proposed_dilation`, and their max
-    difference on the same generator seed (0 when the proposal is a drop-in replacement)."""
-    x = x.to(device)
-    current = NUISANCES.build("dilation", strength=1.0)
-    diff = float((current(x, torch.Generator(device=device).manual_seed(5))
-                  - proposed_dilation(x, torch.Generator(device=device).manual_seed(5))).abs().max())
-    out = {"dilation.proposed_max_abs_diff": diff}
-    for tag, fn, bs in (("current", current, 1024), ("current", current, chunk),
-                        ("proposed", proposed_dilation, 1024), ("proposed", proposed_dilation, chunk)):
-        g = torch.Generator(device=device).manual_seed(0)
-        best = math.inf
-        for _ in range(3):
-            sync(device)
-            start = time.perf_counter()
-            for c in x.split(bs):
-                fn(c, g)
-            sync(device)
-            best = min(best, time.perf_counter() - start)
-        out[f"dilation.{tag}_nuisance_draws_per_s.batch{bs}"] = len(x) / best
-    return out
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default=str(default_device()))
@@ -221,7 +176,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="print torch.profiler's top operators of our estimator and cProfile's top "
                          "entries of the per-image path, for the first nuisance")
     ap.add_argument("--no-diagnostics", action="store_true",
-                    help="skip the model-by-batch-size and proposed-dilation measurements")
+                    help="skip the model-by-batch-size measurements")
     return ap.parse_args(argv)
 
 
@@ -268,8 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         more = to_float(stroke_images(NUM_CLASSES, 84, SIZE, seed=args.seed + 1)[0])  # (4116, 1, 28, 28)
         diag = model_rates(model, norm, more, device, sorted({args.batch_size, 256, args.draws}),
                            amp=not args.no_amp)
-        diag.update(dilation_proposal(more, device))
-        print_figures("where the time goes (model by batch size; dilation as 2x2-max chains)", diag)
+        print_figures("where the time goes (model forward by batch size)", diag)
         out.update(diag)
     return out
 

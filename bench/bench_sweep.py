@@ -21,6 +21,9 @@ slots it is > 1 whatever the scheduler) and Ray's own cost, ray_overhead_per_tri
 - pool wall) x slots / trials. Also: the time inside Ray's trial lifecycle outside run_trial
 (worker start, the already-done check, result writing, reports) and the driver's fixed cost
 (Tuner set-up, end). Ray's start-up (`ray.init`) is a once-per-sweep cost, reported apart.
+`wall_over_in_sweep_ideal` divides by the trials' own times inside the sweep instead (sum of
+their `train_seconds` / slots), which takes contention and the fresh workers' first-trial
+warm-up (`first_trial_extra_s`: imports and first calls in a new process) out of the ratio.
 """
 from __future__ import annotations
 
@@ -181,10 +184,22 @@ def run_ray(spec, slots: int) -> tuple[float, float, dict, dict[str, float]]:
     finally:
         ray.shutdown()
     spans = {life.end[f"{t}:git_ray"]: life.end[t] - life.start[t] for t in life.start if t in life.end}
+    started = sorted((t0, life.end[f"{t}:git_ray"]) for t, t0 in life.start.items() if f"{t}:git_ray" in life.end)
+    spans["_order"] = [fp for _, fp in started]  # git_ray trial ids in the order Ray started them
     spans["_first_start"] = min(life.start.values(), default=start)
     spans["_last_end"] = max((v for k, v in life.end.items() if ":" not in k), default=start)
     spans["_sweep_start"] = start
     return init_s, wall, counts, spans
+
+
+def first_trial_extra(order: list[str], inside: dict[str, float], slots: int) -> float:
+    """How much longer the first `slots` trials Ray started (one per fresh worker process) took
+    inside run_trial than the median of the rest: the new process's imports and first calls.
+    nan when there are too few trials to tell."""
+    times = [inside[t] for t in order if t in inside]
+    if len(times) <= slots:
+        return float("nan")
+    return statistics.mean(times[:slots]) - statistics.median(times[slots:])
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -218,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
         ray_trials = read_tables(spec.root)["trials"]
         inside = dict(zip(ray_trials["trial_id"], ray_trials["train_seconds"]))
-        lifecycle_extra = [spans[t] - inside[t] for t in inside if t in spans]
+        lifecycle_extra = [spans[t] - inside[t] for t in inside if t in spans and not t.startswith("_")]
     finally:
         if not args.keep and args.storage is None:
             shutil.rmtree(storage, ignore_errors=True)
@@ -242,6 +257,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "contention_ratio": statistics.mean(pool_inside.values()) / statistics.mean(run_s),
         "lifecycle_outside_run_trial_s_mean": statistics.mean(lifecycle_extra) if lifecycle_extra else float("nan"),
         "driver_fixed_s": (spans["_first_start"] - spans["_sweep_start"]) + (spans["_sweep_start"] + wall - spans["_last_end"]),
+        # The same ratio against the trials' own times inside this sweep (contention and each
+        # worker's first-trial warm-up included): what is left is Ray's and the driver's.
+        "in_sweep_ideal_s": sum(inside.values()) / args.slots,
+        "wall_over_in_sweep_ideal": wall / (sum(inside.values()) / args.slots) if inside else float("nan"),
+        "first_trial_extra_s": first_trial_extra(spans["_order"], inside, args.slots),
         "ray_init_s": init_s,
     }
     print_figures("figures (seconds unless a ratio)", figs)

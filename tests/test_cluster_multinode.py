@@ -171,7 +171,8 @@ def test_removed_node_trials_retried_elsewhere_recorded_once(tmp_path, cluster):
     from git_ray.sweep.runner import run_sweep
 
     c, workers = cluster
-    path = sweep_file(tmp_path, "failover", max_failures=2, grid={"seed": [0, 1, 2]},
+    # progress_every_s 0: every epoch row reaches Tune, so each trial is seen on its node early
+    path = sweep_file(tmp_path, "failover", max_failures=2, grid={"seed": [0, 1, 2]}, progress_every_s=0,
                       base={**TINY_BASE, "train": {**TINY_BASE["train"], "epochs": EPOCHS}})
     rec = node_recorder()
     removed: list[str] = []

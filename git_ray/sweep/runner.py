@@ -31,7 +31,6 @@ from git_ray.sweep.spec import SweepSpec, load_sweep
 
 TUNE_DIR = "_tune"  # Ray Tune's experiment state, inside the sweep folder (ignored by readers)
 LOCK_ACTOR = "git_ray_generator_locks"
-PROGRESS_EVERY_S = 10.0  # epoch rows sent to Tune at most this often when no scheduler needs each one
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +152,7 @@ def trial_trainable(params: dict, *, spec_json: str, base_dir: str | None = None
     with torch_threads(threads):
         result = run_trial(cfg, device=assigned_device(res),
                            report=epoch_reporter(lambda row: tune.report({**epoch_metrics(row), "node_id": node}),
-                                                 every_s=0.0 if every_epoch else PROGRESS_EVERY_S),
+                                                 every_s=0.0 if every_epoch else spec.progress_every_s),
                            generator_cache=default_generator_cache(spec.storage),
                            lock_factory=ray_lock)
     write_trial(spec.root, result)

@@ -94,6 +94,9 @@ class SweepSpec(Strict):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     search: SearchSpec | None = None
     verbose: int = Field(1, ge=0, le=3)  # Ray Tune's status output: 0 silent .. 3 everything
+    # Seconds between the epoch rows a trial sends to Tune (0: every epoch). A scheduler (ASHA)
+    # always gets every epoch; the epochs table in the results always has every epoch.
+    progress_every_s: float = Field(10.0, ge=0.0)
 
     @field_validator("grid")
     @classmethod
