@@ -37,6 +37,7 @@ from PIL import Image
 import git_ray.data  # noqa: F401  (registers the nuisances)
 from bench.common import (Stopwatch, calibrated_model, cprofile, default_device, machine_line, print_figures,
                           pil_nuisance, set_threads, stroke_images, sync, timed, to_float, torch_profile)
+from git_ray.config import EvalConfig
 from git_ray.metrics import choose_images, ekld, kl_divergence
 from git_ray.registry import NUISANCES
 from git_ray.train.loop import Normaliser, make_predict
@@ -71,6 +72,7 @@ def per_image_ekld(predict, x_shown, images_u8, y, sel, nuisance_name, *, draws,
 
 def bench_one(name: str, *, images_u8: np.ndarray, x_clean: torch.Tensor, y: torch.Tensor, model, norm,
               device: torch.device, images_per_class: int, draws: int, batch_size: int, seed: int,
+              forward_batch: int | None = None,
               amp: bool, classes: int = NUM_CLASSES) -> dict[str, float]:
     nuisance = NUISANCES.build(name, strength=1.0)
     gen_shown = torch.Generator().manual_seed(seed + 1)
@@ -91,7 +93,7 @@ def bench_one(name: str, *, images_u8: np.ndarray, x_clean: torch.Tensor, y: tor
     start = time.perf_counter()
     ours, ours_cons = ekld(timed(predict, model_watch), x_shown, x_clean_dev, y.to(device), timed(nuisance, draw_watch),
                            images_per_class=images_per_class, draws=draws, num_classes=classes,
-                           generator=gen, batch_size=batch_size)
+                           generator=gen, batch_size=batch_size, forward_batch_size=forward_batch)
     sync(device)
     ours_s = time.perf_counter() - start
 
@@ -166,7 +168,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--images-per-class", type=int, default=6, help="test images per class (paper: 40)")
     ap.add_argument("--draws", type=int, default=12, help="nuisance draws per image (paper: 100)")
     ap.add_argument("--nuisances", default=",".join(NUISANCE_NAMES))
-    ap.add_argument("--batch-size", type=int, default=1024, help="ours: images per model call (eval.batch_size)")
+    ap.add_argument("--batch-size", type=int, default=1024, help="ours: nuisance draws per chunk (eval.batch_size)")
+    ap.add_argument("--forward-batch", type=int, default=None,
+                    help="ours: images per model call (eval.forward_batch; default as a trial: 256 on CPU, "
+                         "--batch-size on CUDA)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: both paths on one core; 0 = torch's default)")
     ap.add_argument("--seed", type=int, default=0)
@@ -189,15 +194,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"== eKLD: batched on-device estimator vs per-image PIL path ({machine_line(device)})")
     print(f"   ResNet-20, {args.classes} classes, {SIZE}x{SIZE}x1, {args.images_per_class} images/class x "
           f"{args.draws} draws = {args.classes * args.images_per_class * args.draws:,} pairs per nuisance, "
-          f"device {device}")
+          f"device {device}, draws in chunks of {args.batch_size}, model calls of "
+          f"{args.forward_batch or EvalConfig(batch_size=args.batch_size).forward_batch_for(device)}")
     images_u8, labels = stroke_images(args.classes, args.images_per_class + 2, SIZE, seed=args.seed)
     x_clean, y = to_float(images_u8), torch.from_numpy(labels)
     norm = Normaliser.fit(x_clean.to(device))
     model = calibrated_model("resnet20", norm(x_clean.to(device)), args.classes, device=device, seed=args.seed)
+    forward = args.forward_batch or EvalConfig(batch_size=args.batch_size).forward_batch_for(device)
     out: dict[str, float] = {}
     for name in names:
         figs = bench_one(name, images_u8=images_u8, x_clean=x_clean, y=y, model=model, norm=norm, device=device,
                          images_per_class=args.images_per_class, draws=args.draws, batch_size=args.batch_size,
+                         forward_batch=forward,
                          seed=args.seed, amp=not args.no_amp, classes=args.classes)
         print_figures(name, figs, ["ours_draws_per_s", "per_image_draws_per_s", "draw_speedup",
                                    "ours_nuisance_only_draws_per_s", "ours_model_share", "per_image_model_share",

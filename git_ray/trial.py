@@ -19,7 +19,7 @@ from git_ray.data import build_dataset
 from git_ray.metrics import balanced_accuracy, ekld, group_accuracies, per_class_accuracy, spearman
 from git_ray.registry import ARCHS, NUISANCES
 from git_ray.results import TrialResult, build_result
-from git_ray.train.loop import batched_predict, make_predict, resolve_device, train_classifier
+from git_ray.train.loop import batched_predict, make_predict, place_model, resolve_device, train_classifier
 
 
 @contextmanager
@@ -71,7 +71,8 @@ def run_trial(
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(cfg.seed)
             model = ARCHS.build(cfg.model.arch, in_channels=data.channels, num_classes=data.num_classes,
-                                width=cfg.model.width, head=cfg.head, image_size=data.image_size).to(dev)
+                                width=cfg.model.width, head=cfg.head, image_size=data.image_size)
+        model = place_model(model, dev)
         epochs, norm = train_classifier(model, data, cfg, device=dev, report=report, augmenter=augmenter)
 
         # Evaluation: per-class accuracy on the test set, then the eKLD estimator.

@@ -32,3 +32,21 @@ def test_predict_scales_cosine_outputs_like_the_loss():
     scaled = make_predict(model, norm, torch.device("cpu"), amp=False, logit_scale=30.0)(x)
     assert torch.allclose(scaled, 30.0 * plain)
     assert not model.training  # evaluation runs in eval mode
+
+
+def test_place_model_is_channels_last_on_cpu_with_the_same_outputs():
+    import copy
+
+    from git_ray.registry import ARCHS
+    from git_ray.train.loop import place_model
+
+    torch.manual_seed(0)
+    model = ARCHS.build("resnet20", in_channels=1, num_classes=5, width=4, head="linear", image_size=16).eval()
+    placed = place_model(copy.deepcopy(model), torch.device("cpu"))
+    conv = next(m for m in placed.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)
+                    and m.in_channels > 1).weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(placed(x), model(x), atol=1e-5)

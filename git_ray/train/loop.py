@@ -39,6 +39,15 @@ def resolve_device(preference: str = "auto", assigned: str | torch.device | None
     return torch.device(preference)
 
 
+def place_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model on `device`, channels-last on a CPU: oneDNN's convolutions run faster in that
+    layout (measured on 1 core: small_cnn 1.7x in training and 2.6x in evaluation, ResNet-20
+    1.2x). Only the memory layout changes: the same weights, results equal up to float rounding.
+    CUDA keeps the default layout (not measured there)."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
+
+
 def lr_at(cfg: TrialConfig, epoch_progress: float) -> float:
     """The paper's schedule: linear warm-up over `warmup_epochs`, x0.01 after s1, x1e-4 after s2.
 
