@@ -123,6 +123,7 @@ class GeneratorConfig(Strict):
 
 
 CPU_FORWARD_BATCH = 256
+ADDED_AFTER_0_1 = (("eval", "val_per_class"),)  # (section, field), None by default
 
 
 class EvalConfig(Strict):
@@ -133,6 +134,10 @@ class EvalConfig(Strict):
     # size changes no draw, only float rounding). None: CPU_FORWARD_BATCH on a CPU, where
     # activations of 1024 images spill out of cache (1.7x slower than 256), batch_size elsewhere.
     forward_batch: int | None = Field(None, ge=1)
+    # Validate each epoch on the first N images of every class of the validation split (a fixed,
+    # class-balanced subset) instead of all of it. K49's split holds 46,473 images, 6x a
+    # K49-LT training epoch: validating on all of it is most of a trial's model work.
+    val_per_class: int | None = Field(None, ge=1)
     many_threshold: int = Field(100, ge=1)  # classes with more training images are "many"
     few_threshold: int = Field(20, ge=1)  # classes with fewer are "few"
 
@@ -173,6 +178,11 @@ class TrialConfig(Strict):
         d["train"].pop("device")
         d["train"].pop("threads")
         d["eval"].pop("forward_batch")
+        # Fields added after 0.1.0 enter the id only when set, so results stored by 0.1.0 keep
+        # their ids (a resumed sweep finds them) while every setting that changes a result counts.
+        for section, key in ADDED_AFTER_0_1:
+            if d[section][key] is None:
+                d[section].pop(key)
         return stable_hash(d)
 
     @property

@@ -50,3 +50,54 @@ def test_place_model_is_channels_last_on_cpu_with_the_same_outputs():
     x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.allclose(placed(x), model(x), atol=1e-5)
+
+
+def test_validation_subset_keeps_the_first_images_of_each_class():
+    from git_ray.train.loop import validation_subset
+
+    y = torch.tensor([2, 0, 0, 1, 0, 2, 0, 1])
+    x = torch.arange(8).float().view(8, 1, 1, 1)
+    xs, ys = validation_subset(x, y, 3, 2)
+    assert ys.tolist() == [2, 0, 0, 1, 2, 1]  # at most two of each, in the split's order
+    assert xs.flatten().tolist() == [0, 1, 2, 3, 5, 7]
+    xa, ya = validation_subset(x, y, 3, None)
+    assert torch.equal(xa, x) and torch.equal(ya, y)
+
+
+def test_val_per_class_changes_the_id_only_when_set():
+    base = trial_config({})
+    assert base.fingerprint() == trial_config({"eval": {"val_per_class": None}}).fingerprint()
+    assert base.fingerprint() != trial_config({"eval": {"val_per_class": 100}}).fingerprint()
+    # an id stored by 0.1.0 (computed without the field) is still this config's id
+    from git_ray.config import stable_hash
+
+    d = base.model_dump()
+    for section, key in (("dataset", "root"), ("generator", "cache"), ("train", "device"), ("train", "threads"),
+                         ("eval", "forward_batch"), ("eval", "val_per_class")):
+        d[section].pop(key)
+    assert base.fingerprint() == stable_hash(d)
+
+
+def test_training_validates_on_the_subset():
+    from git_ray.data import build_dataset
+    from git_ray.registry import ARCHS
+    from git_ray.train.loop import train_classifier
+
+    cfg = trial_config({"dataset": {"source": "digits"}, "model": {"arch": "small_cnn", "width": 4},
+                        "train": {"epochs": 1, "s1": 1, "s2": 1, "warmup_epochs": 0},
+                        "eval": {"val_per_class": 3}})
+    data = build_dataset(cfg.dataset)
+    model = ARCHS.build("small_cnn", in_channels=1, num_classes=data.num_classes, width=4, head="linear",
+                        image_size=data.image_size)
+    seen = []
+    predict_sizes = []
+    orig = model.forward
+
+    def forward(x):
+        predict_sizes.append(len(x)) if not model.training else None
+        return orig(x)
+
+    model.forward = forward
+    rows, _ = train_classifier(model, data, cfg, device=torch.device("cpu"), report=seen.append)
+    assert predict_sizes == [3 * data.num_classes]  # one validation call on 3 images per class
+    assert seen == rows and 0.0 <= rows[0]["val_balanced_accuracy"] <= 1.0

@@ -100,6 +100,20 @@ def batched_predict(predict: Callable[[Tensor], Tensor], x: Tensor, batch_size: 
     return torch.cat([predict(chunk) for chunk in x.split(batch_size)]) if len(x) else x.new_zeros(0)
 
 
+def validation_subset(x: Tensor, y: Tensor, num_classes: int, per_class: int | None) -> tuple[Tensor, Tensor]:
+    """The first `per_class` images of every class in the validation split's order (the data
+    files' order): a fixed, class-balanced subset, the same for every trial on the split;
+    everything when `per_class` is None."""
+    if per_class is None:
+        return x, y
+    rank = torch.zeros_like(y)  # (N,) position of each image among the images of its class
+    for c in range(num_classes):
+        members = torch.nonzero(y == c).flatten()
+        rank[members] = torch.arange(len(members), device=y.device)
+    keep = torch.nonzero(rank < per_class).flatten()  # (M,) in the split's order
+    return x[keep], y[keep]
+
+
 def train_classifier(
     model: nn.Module,
     data,  # git_ray.data.LongTailData, already on `device`
@@ -126,6 +140,8 @@ def train_classifier(
     opt = MomentumSGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     predict = make_predict(model, norm, device, t.amp, cfg.logit_scale)
     forward_batch = cfg.eval.forward_batch_for(device)
+
+    x_val, y_val = validation_subset(data.x_val, data.y_val, data.num_classes, cfg.eval.val_per_class)
 
     rows: list[dict] = []
     for epoch in range(t.epochs):
@@ -163,14 +179,14 @@ def train_classifier(
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
 
-        val_preds = batched_predict(predict, data.x_val, forward_batch).argmax(1)
+        val_preds = batched_predict(predict, x_val, forward_batch).argmax(1)
         row = {
             "epoch": epoch,
             "lr": lr_at(cfg, epoch),
             "train_loss": float(loss_sum) / max(seen, 1),
             "train_accuracy": float(correct) / max(seen, 1),
-            "val_accuracy": float((val_preds == data.y_val).float().mean()) if len(data.y_val) else math.nan,
-            "val_balanced_accuracy": balanced_accuracy(per_class_accuracy(val_preds, data.y_val, data.num_classes)),
+            "val_accuracy": float((val_preds == y_val).float().mean()) if len(y_val) else math.nan,
+            "val_balanced_accuracy": balanced_accuracy(per_class_accuracy(val_preds, y_val, data.num_classes)),
             "seconds": time.perf_counter() - start,
         }
         rows.append(row)
