@@ -45,6 +45,11 @@ def test_two_trial_sweep_writes_results_and_reruns_skip(tmp_path, ray_local):
     path = sweep_file(tmp_path, "two", grid={"seed": [0, 1]})
     counts = run(path)
     assert counts == {"finished": 2, "skipped": 0, "stopped": 0, "failed": 0}
+    # Of Tune's own loggers only the JSON one runs: Tune reads result.json back for its result
+    # grid (without it, it logs "Could not fetch metrics" for every trial)
+    tune_dir = tmp_path / "results" / "two" / "_tune"
+    assert len(list(tune_dir.glob("*/result.json"))) == 2
+    assert not list(tune_dir.rglob("events.out.tfevents*")) and not list(tune_dir.rglob("progress.csv"))
     root = tmp_path / "results" / "two"
     check_contract(root)
     t = read_tables(str(root))
