@@ -191,16 +191,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     set_threads(args.threads)
     device = torch.device(args.device)
     names = [n for n in args.nuisances.split(",") if n]
+    forward = args.forward_batch or EvalConfig(batch_size=args.batch_size).forward_batch_for(device)
     print(f"== eKLD: batched on-device estimator vs per-image PIL path ({machine_line(device)})")
     print(f"   ResNet-20, {args.classes} classes, {SIZE}x{SIZE}x1, {args.images_per_class} images/class x "
           f"{args.draws} draws = {args.classes * args.images_per_class * args.draws:,} pairs per nuisance, "
-          f"device {device}, draws in chunks of {args.batch_size}, model calls of "
-          f"{args.forward_batch or EvalConfig(batch_size=args.batch_size).forward_batch_for(device)}")
+          f"device {device}, draws in chunks of {args.batch_size}, model calls of {forward}")
     images_u8, labels = stroke_images(args.classes, args.images_per_class + 2, SIZE, seed=args.seed)
     x_clean, y = to_float(images_u8), torch.from_numpy(labels)
     norm = Normaliser.fit(x_clean.to(device))
     model = calibrated_model("resnet20", norm(x_clean.to(device)), args.classes, device=device, seed=args.seed)
-    forward = args.forward_batch or EvalConfig(batch_size=args.batch_size).forward_batch_for(device)
     out: dict[str, float] = {}
     for name in names:
         figs = bench_one(name, images_u8=images_u8, x_clean=x_clean, y=y, model=model, norm=norm, device=device,

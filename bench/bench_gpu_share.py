@@ -206,12 +206,12 @@ def project_k49(train_total: float, eval_ips: float, ekld_s_per_trial: float, ge
         "classifiers": float(trials),
         "train_gpu_h": train_img / train_total / 3600,
         "validation_gpu_h": val_img / eval_ips / 3600,
-        "validation_full_split_gpu_h": trials * EPOCHS * K49_VAL / eval_ips / 3600,  # not in the total
         "test_and_ekld_gpu_h": (test_img / eval_ips + trials * ekld_s_per_trial) / 3600,
         "generators": 60.0,
         "generator_gpu_h": 60 * 10_000 / gen_total / 3600,
     }
-    out["total_gpu_h"] = sum(v for k, v in out.items() if k.endswith("_gpu_h") and "full_split" not in k)
+    out["total_gpu_h"] = sum(v for k, v in out.items() if k.endswith("_gpu_h"))
+    out["validation_full_split_gpu_h"] = trials * EPOCHS * K49_VAL / eval_ips / 3600  # apart, not in the total
     if git_ips:  # 60 more classifiers: epochs before s1 as plain, from s1 on at the GIT step's rate
         git_trials = 2 * 30
         out["git_extra_gpu_h"] = (git_trials * n_train * (S1 / train_total + (EPOCHS - S1) / git_ips)

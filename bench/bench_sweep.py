@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
         ray_trials = read_tables(spec.root)["trials"]
         inside = dict(zip(ray_trials["trial_id"], ray_trials["train_seconds"]))
-        lifecycle_extra = [spans[t] - inside[t] for t in inside if t in spans and not t.startswith("_")]
+        lifecycle_extra = [spans[t] - inside[t] for t in inside if t in spans]
     finally:
         if not args.keep and args.storage is None:
             shutil.rmtree(storage, ignore_errors=True)
