@@ -338,6 +338,7 @@ def _write_entry(path: Path, arrays: dict[str, np.ndarray]) -> None:
             np.savez(f, **arrays)  # uncompressed: loads in a fraction of a second
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a shared cache folder is read by others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
