@@ -52,12 +52,11 @@ from git_ray.registry import SOURCES
 
 log = logging.getLogger(__name__)
 
-# 49 glyphs chosen to differ in shape. Left out, because a pair (or the rotation nuisance) would
-# make two classes the same: o/O/0, l/1/I/i/|, S/s/5-like pairs (S, s), C/c, x/X, v/V, w/W/M-like
-# (w, W), z/Z (and Z ~ N turned 90 degrees), u/U (u ~ n turned 180), k/K, y/Y (Y ~ lambda turned),
-# p/P, b/d/p/q and 6/9 (each the other turned 180), j/J, t/+, and one of each bracket or arrow
-# pair ( ) [ ] { } < > (a pair is one shape turned 180). Digits, upper and lower case, three Greek
-# letters, Omega and 16 symbols remain.
+# 49 glyphs chosen to differ in shape. Left out: case twins and look-alikes (o/O/0, l/1/I/i/|,
+# S/s, C/c, x/X, v/V, w/W, z/Z, u/U, k/K, y/Y, p/P, j/J, t/+), and shapes that another glyph
+# becomes when the rotation nuisance turns it (6/9, b/d/p/q, n/u, M/W, N/Z, Y/lambda, and one of
+# each pair ( ) [ ] { } < >). What remains: 7 digits, 15 upper- and 7 lower-case Latin letters,
+# Omega, lambda, pi, theta and 16 symbols.
 GLYPHS = ("2", "3", "4", "5", "6", "7", "8",
           "A", "B", "D", "E", "F", "G", "H", "J", "K", "M", "N", "P", "Q", "R", "T",
           "a", "e", "f", "g", "h", "n", "r",
