@@ -194,12 +194,12 @@ def test_display_and_findings_say_what_the_numbers_say():
     row = short[(short["claim"] == "d") & (short["nuisance"] == "digits / dilation")].iloc[0]
     assert row["effect [95% CI] (n units)"].startswith("tail eKLD, GIT minus no GIT (paired): -0.")
     text = findings(long)
-    assert "Under ERM, eKLD falls with class size for 2 of 2 nuisance(s) (mean Spearman(size, eKLD) -0.6" in text
+    assert "Under ERM, eKLD falls with class size for 2 of 2 nuisance(s) of digits (mean Spearman(size, eKLD) -0.6" in text
     assert "; under RS for 2 of 2 (-0.6" in text
     assert "Oracle augmentation brings tail eKLD to 0.4" in text and "GIT changes tail eKLD by -0.2" in text
     assert "lack the trials" not in text
     bad = findings(claims_table(trials({**TRUTH, "DRS+GIT": {**TRUTH["DRS+GIT"], "tail": 1.1}})))
-    assert "GIT changes tail eKLD by +0.19 on digits / background" in bad and "(lower with confidence for 0 of 2)" in bad
+    assert "GIT changes tail eKLD by +0.19 on background" in bad and "(lower with confidence for 0 of 2)" in bad
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,8 +263,10 @@ def test_analyze_writes_and_shows_the_claims(tmp_path):
     text = rep.text
     assert "The paper's claims" in text and "(c) digits / background: NOT ENOUGH TRIALS" in text
     assert text.index("The paper's claims") < text.index("Summary (mean ± std)")
+    doc = (out / "report.html").read_text()
+    assert "(n=3)<br>mean Spearman(size, eKLD), RS" in doc  # a line per effect in the claims table
     page = _Page()
-    page.feed((out / "report.html").read_text())
+    page.feed(doc)
     assert page.first_p.startswith("Under ERM, eKLD falls with class size for 1 of 1 nuisance(s)")
     tags = [t for t in page.order if t[0] in ("table", "div")]
     assert tags[0] == ("div", "scroll") and tags[1] == ("table", "claims")  # the claims table comes first

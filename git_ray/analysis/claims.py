@@ -370,6 +370,11 @@ def findings(long: pd.DataFrame, trials: pd.DataFrame | None = None) -> str:
     """The findings in sentences, from the claims table (and, when no claim can be judged, from
     the trials' own Spearman figures)."""
     sentences = []
+    # One data source: name the nuisances alone ("background", not "glyphs / background").
+    sources = {n.split(" / ", 1)[0] for n in long["nuisance"]}
+    of_source = f" of {next(iter(sources))}" if len(sources) == 1 else ""
+    if len(sources) == 1:
+        long = long.assign(nuisance=long["nuisance"].str.split(" / ", n=1).str[-1])
     judged = long[long["verdict"] != MISSING]
     nuis = sorted(long["nuisance"].unique())
     a = judged[judged["claim"] == "a"]
@@ -381,7 +386,7 @@ def findings(long: pd.DataFrame, trials: pd.DataFrame | None = None) -> str:
         each = ", ".join(f"{v:+.2f} on {s}" for s, v in zip(r["nuisance"], r["effect"]))
         if not parts:
             parts.append(f"Under {m}, eKLD falls with class size for {(r['ci_high'] < 0).sum()} of {len(r)} "
-                         f"nuisance(s) (mean Spearman(size, eKLD) {each})")
+                         f"nuisance(s){of_source} (mean Spearman(size, eKLD) {each})")
         else:
             parts.append(f"under {m} for {(r['ci_high'] < 0).sum()} of {len(r)} ({each})")
     if parts:

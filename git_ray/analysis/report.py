@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -245,9 +246,10 @@ def render_html(rep: Report) -> str:
         parts.append(f"<h2>{e(titles.get(name, name))}</h2><p class='cap'>{e(caption(name))}</p>")
         table = df.to_html(index=False, border=0, na_rep="-", float_format=lambda v: f"{v:.4g}",
                            table_id=name)
-        if name == "claims":  # colour the verdicts (to_html escapes; the cell text is ours)
+        if name == "claims":  # colour the verdicts, a line per effect (to_html escapes; the text is ours)
             for verdict, cls in ((HOLDS, "v-holds"), (FAILS, "v-fails"), (MISSING, "v-missing")):
                 table = table.replace(f"<td>{verdict}</td>", f"<td class='{cls}'>{verdict}</td>")
+            table = re.sub(r"\(n=(\d+)\); ", r"(n=\1)<br>", table)
         # A wide table scrolls inside its box instead of widening the page.
         parts.append(f"<div class='scroll'>{table}</div>")
     parts.append("<h2>Figures</h2>")
