@@ -83,3 +83,12 @@ def test_legends_sit_outside_the_axes():
     lines = curves.axes[0].get_lines()
     assert len({(ln.get_linestyle(), ln.get_marker()) for ln in lines}) == len(lines) == 2
     plt.close(curves)
+
+
+def test_tail_table_keeps_ratios_apart():
+    _, trials, _ = per_class_rows()
+    trials = trials.assign(ekld_tail=trials["dataset_imbalance_ratio"] / 10, tail_accuracy=0.5)
+    tail = F.tail_effect(trials).set_index(["panel", "method"])
+    assert len(tail) == 8 and tail["ekld_tail_count"].eq(3).all()
+    assert tail.loc[("digits / dilation, ratio 100", "ce"), "ekld_tail_mean"] == pytest.approx(10.0)
+    assert tail.loc[("digits / dilation, ratio 10", "ce"), "ekld_tail_mean"] == pytest.approx(1.0)

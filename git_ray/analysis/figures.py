@@ -70,13 +70,14 @@ def curve_styles(labels: list[str]) -> dict[str, dict]:
                       marker=MARKERS[i % len(MARKERS)]) for i, lab in enumerate(sorted(labels))}
 
 
-def _grid(keys: list[tuple[str, str]], title: str, width: float = 4.2, height: float = 3.4,
-          legend_w: float = 0.0, right: float = 0.25) -> tuple[Figure, list]:
+def _grid(keys: list[tuple], title: str, width: float = 4.2, height: float = 3.4,
+          legend_w: float = 0.0, right: float = 0.25, max_cols: int = 4) -> tuple[Figure, list]:
     """Panels with fixed margins (in inches; tight_layout on log axes costs seconds per figure):
     a row per dataset/nuisance and a column per profile setting when the profile varies (2-4
-    settings), else up to 3 panels a row. `legend_w` inches right of each panel hold its legend."""
+    settings, up to `max_cols`), else up to 3 panels a row. `legend_w` inches right of each panel
+    hold its legend; `right` inches right of the last column hold a figure legend."""
     cols_named = sorted({k[1] for k in keys})
-    if 2 <= len(cols_named) <= 4:
+    if 2 <= len(cols_named) <= max_cols:
         rows_named = sorted({k[0] for k in keys})
         cols, rows = len(cols_named), len(rows_named)
         where = [(rows_named.index(r), cols_named.index(c)) for r, c in keys]
@@ -186,8 +187,11 @@ def panel_names(df: pd.DataFrame) -> pd.Series:
 
 
 def tail_effect(trials: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std of tail eKLD and tail accuracy per (panel, method, augmentation)."""
-    df = trials.assign(panel=panel_names(trials))
+    """Mean and std of tail eKLD and tail accuracy per (panel, method, augmentation); a panel is a
+    dataset/nuisance and imbalance setting (ratios are not pooled)."""
+    prof = profile_names(trials)
+    name = panel_names(trials)
+    df = trials.assign(panel=name.where(prof == "", name + ", " + prof))
     g = df.groupby(["panel", "method", "augmentation"])[["ekld_tail", "tail_accuracy"]]
     out = g.agg(["mean", "std", "count"])
     out.columns = [f"{m}_{s}" for m, s in out.columns]
@@ -196,36 +200,36 @@ def tail_effect(trials: pd.DataFrame) -> pd.DataFrame:
 
 def fig_tail_effect(trials: pd.DataFrame) -> Figure:
     """Bars: tail eKLD and tail accuracy per balancing method, side by side for each augmentation
-    the method was run with (none, GIT, oracle)."""
-    stats = tail_effect(trials)
+    the method was run with (none, GIT, oracle); a pair of panels (eKLD, accuracy) per
+    dataset/nuisance and imbalance setting, one legend beside them."""
     order = {a: i for i, a in enumerate(("none", "GIT", "oracle", "GIT+oracle"))}
-    stats = stats.assign(o=stats["augmentation"].map(order)).sort_values(["panel", "method", "o"])
-    multi_panel = stats["panel"].nunique() > 1
-    # Bars of one (panel, method) group sit together; groups are separated by a gap.
-    xs, ticks, labels, x = [], [], [], 0.0
-    for (panel, method), g in stats.groupby(["panel", "method"], sort=False):
-        pos = x + np.arange(len(g))
-        xs.extend(pos)
-        ticks.append(pos.mean())
-        labels.append(f"{method}\n{panel}" if multi_panel else method)
-        x = pos[-1] + 1.8
-    xs = np.array(xs)
-    colours = [plt.cm.Set2(order[a]) for a in stats["augmentation"]]
-    fig, axes = plt.subplots(1, 2, figsize=(min(24.0, max(9.0, 0.5 * x + 4)), 4.8))
-    for ax, metric, ylabel in ((axes[0], "ekld_tail", "tail eKLD (smallest third of classes)"),
-                               (axes[1], "tail_accuracy", "tail accuracy (smallest third of classes)")):
-        ax.bar(xs, stats[f"{metric}_mean"], 0.9, yerr=np.nan_to_num(stats[f"{metric}_std"]), capsize=3,
-               color=colours)
-        ax.set_xticks(ticks, labels, fontsize=7, rotation=30 if multi_panel and len(ticks) > 3 else 0)
-        ax.set_xlabel("balancing method")
-        ax.set_ylabel(ylabel)
-        ax.grid(axis="y", alpha=0.3)
-        present = [a for a in order if a in set(stats["augmentation"])]
-        ax.legend(handles=[matplotlib.patches.Patch(color=plt.cm.Set2(order[a]), label=f"augmentation: {a}")
-                           for a in present], fontsize=7, loc="upper right")
-    note = "" if stats["augmentation"].nunique() > 1 else "\n(no GIT or oracle runs in these results)"
-    fig.suptitle("The tail with and without GIT / oracle augmentation (mean ± std over seeds)" + note, fontsize=11)
-    fig.tight_layout()
+    metrics = (("ekld_tail", "tail eKLD (lower = more invariant)"), ("tail_accuracy", "tail accuracy"))
+    panels = list(trials.groupby([panel_names(trials), profile_names(trials)], sort=True))
+    keys = [(row, (col, i)) for (row, col), _ in panels for i in range(len(metrics))]
+    fig, axes = _grid(keys, "The tail (smallest third of classes) with and without GIT / oracle augmentation "
+                      "(mean ± std over seeds and instances)", width=3.6, max_cols=6, right=1.9)
+    for i, ((row, col), d) in enumerate(panels):
+        stats = tail_effect(d)
+        stats = stats.assign(o=stats["augmentation"].map(order)).sort_values(["method", "o"])
+        methods = sorted(stats["method"].unique())
+        n_aug = stats["augmentation"].nunique()
+        width = 0.8 / n_aug
+        slot = {a: j for j, a in enumerate(sorted(stats["augmentation"].unique(), key=order.get))}
+        xs = np.array([methods.index(m) + (slot[a] - (n_aug - 1) / 2) * width
+                       for m, a in zip(stats["method"], stats["augmentation"])])
+        for (metric, ylabel), ax in zip(metrics, axes[2 * i:2 * i + 2]):
+            ax.bar(xs, stats[f"{metric}_mean"], width * 0.95, yerr=np.nan_to_num(stats[f"{metric}_std"]),
+                   capsize=2, color=[plt.cm.Set2(order[a]) for a in stats["augmentation"]])
+            ax.set_xticks(range(len(methods)), methods, fontsize=7, rotation=30 if len(methods) > 3 else 0)
+            ax.set_ylabel(ylabel)
+            ax.set_title(_title((row, col)), fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+    present = [a for a in order if a in set(trials["augmentation"])]
+    fig.legend(handles=[matplotlib.patches.Patch(color=plt.cm.Set2(order[a]), label=a) for a in present],
+               title="augmentation", fontsize=8, title_fontsize=8, loc="upper right",
+               bbox_to_anchor=(1.0, 1.0 - 0.95 / fig.get_figheight()), frameon=False)
+    if len(present) < 2:
+        fig.text(0.5, 0.01, "(no GIT or oracle runs in these results)", ha="center", fontsize=9)
     return fig
 
 
