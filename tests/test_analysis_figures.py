@@ -83,6 +83,10 @@ def test_legends_sit_outside_the_axes():
     lines = curves.axes[0].get_lines()
     assert len({(ln.get_linestyle(), ln.get_marker()) for ln in lines}) == len(lines) == 2
     plt.close(curves)
+    tail = F.fig_tail_effect(trials.assign(ekld_tail=1.0, tail_accuracy=0.5))
+    assert len(tail.axes) == 8 and len(tail.legends) == 1  # (eKLD, accuracy) x 2 nuisances x 2 ratios
+    assert _outside(tail, tail.legends[0], tail.axes)
+    plt.close(tail)
 
 
 def test_tail_table_keeps_ratios_apart():

@@ -358,7 +358,9 @@ def claims_markdown(long: pd.DataFrame) -> str:
     """claims.md: a short legend and the table."""
     return ("# The paper's claims in these results\n\n"
             f"Effect [bootstrap {LEVEL:.0%} interval over seeds and instances] (n units: trials, or pairs of "
-            "trials that differ only in the augmentation). Verdicts: holds / does not hold / not enough trials.\n\n"
+            "trials that differ only in the augmentation). Verdicts: holds / does not hold / not enough trials. "
+            "With few units (under about 10) a percentile bootstrap interval is too narrow: it cannot reach "
+            "past the values observed; read such verdicts as provisional.\n\n"
             + to_markdown(display_claims(long)))
 
 
