@@ -48,6 +48,7 @@ STATEMENTS = {
     "d": "GIT lowers tail eKLD",
     "e": "GIT raises balanced and few-class accuracy",
 }
+EFFECT_COLUMN = "effect [95% CI] (n units)"  # display_claims' cell of effects
 COLUMNS = ["claim", "nuisance", "statement", "measure", "effect", "ci_low", "ci_high", "n", "verdict", "reason"]
 
 
@@ -207,7 +208,8 @@ def claim_a(df: pd.DataFrame, scope: str, est: dict[str, Estimate], absent: dict
     return [_row("a", scope, f"mean Spearman(size, eKLD), {m}", e, verdict, reason) for m, e in est.items()]
 
 
-def claim_b(df: pd.DataFrame, scope: str, est: dict[str, Estimate], seed: int, n_boot: int) -> list[dict]:
+def claim_b(df: pd.DataFrame, scope: str, est: dict[str, Estimate], absent: dict[str, str], seed: int,
+            n_boot: int) -> list[dict]:
     """RS and DRS (those present) have intervals below 0 and not above ERM's (overlapping it, or
     lower). Effect: their mean Spearman minus ERM's (unpaired bootstrap over the two groups)."""
     balanced = [m for m in ("RS", "DRS") if m in est]
@@ -231,7 +233,7 @@ def claim_b(df: pd.DataFrame, scope: str, est: dict[str, Estimate], seed: int, n
     verdict = FAILS if bad else HOLDS
     reason = "; ".join(bad) if bad else f"{' and '.join(balanced)} below 0, not above ERM's interval"
     if len(balanced) < 2:
-        reason += f"; no {'DRS' if balanced == ['RS'] else 'RS'} trials"
+        reason += f"; {absent['DRS' if balanced == ['RS'] else 'RS']}"
     return [_row("b", scope, f"mean Spearman, {m} minus ERM", d, verdict, reason) for m, d in rows]
 
 
@@ -325,7 +327,7 @@ def claims_table(trials: pd.DataFrame, *, seed: int = 0, n_boot: int = N_BOOT) -
     for scope, d in df.groupby("_scope", sort=True):
         est, absent = _spearmans(d, scope, seed, n_boot)
         rows += claim_a(d, scope, est, absent)
-        rows += claim_b(d, scope, est, seed, n_boot)
+        rows += claim_b(d, scope, est, absent, seed, n_boot)
         rows += claim_c(d, scope, seed, n_boot)
         rows += claim_d(d, scope, seed, n_boot)
         rows += claim_e(d, scope, seed, n_boot)
@@ -348,10 +350,9 @@ def display_claims(long: pd.DataFrame) -> pd.DataFrame:
         effects = [f"{m}: {_interval(Estimate(r.effect, r.ci_low, r.ci_high, r.n), 'ratio' not in m)} (n={r.n})"
                    for m, r in zip(g["measure"], g.itertuples()) if r.n > 0]
         rows.append({"claim": claim, "nuisance": scope, "statement": STATEMENTS[claim],
-                     "effect [95% CI] (n units)": "; ".join(effects) or "-",
+                     EFFECT_COLUMN: "; ".join(effects) or "-",
                      "verdict": g["verdict"].iloc[0], "reason": g["reason"].iloc[0]})
-    return pd.DataFrame(rows, columns=["claim", "nuisance", "statement", "effect [95% CI] (n units)",
-                                       "verdict", "reason"])
+    return pd.DataFrame(rows, columns=["claim", "nuisance", "statement", EFFECT_COLUMN, "verdict", "reason"])
 
 
 def claims_markdown(long: pd.DataFrame) -> str:

@@ -23,7 +23,7 @@ import git_ray
 from git_ray import storage
 from git_ray.analysis import figures as F
 from git_ray.analysis.claims import (
-    FAILS, HOLDS, MISSING, claims_markdown, claims_table, display_claims, findings,
+    EFFECT_COLUMN, FAILS, HOLDS, MISSING, claims_markdown, claims_table, display_claims, findings,
 )
 from git_ray.analysis.load import Sweep, find_sweeps, load
 from git_ray.analysis.search import fig_study, find_study
@@ -206,11 +206,11 @@ def claims_text(rep: Report) -> str:
     """The claims table for a terminal: a line per (claim, nuisance), its effects below, and the
     reason where it does not hold or cannot be judged."""
     lines = []
-    for r in rep.display["claims"].itertuples(index=False):
-        lines.append(f"  ({r.claim}) {r.nuisance}: {r.verdict.upper()}  {r.statement}")
-        lines += [f"        {effect}" for effect in str(r[3]).split("; ") if effect != "-"]
-        if r.verdict != HOLDS:  # a claim that holds needs no explanation on a terminal
-            lines.append(f"        why: {r.reason}")
+    for r in rep.display["claims"].to_dict("records"):
+        lines.append(f"  ({r['claim']}) {r['nuisance']}: {r['verdict'].upper()}  {r['statement']}")
+        lines += [f"        {effect}" for effect in str(r[EFFECT_COLUMN]).split("; ") if effect != "-"]
+        if r["verdict"] != HOLDS:  # a claim that holds needs no explanation on a terminal
+            lines.append(f"        why: {r['reason']}")
     return "\n".join(lines)
 
 
