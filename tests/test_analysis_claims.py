@@ -196,7 +196,7 @@ def test_display_and_findings_say_what_the_numbers_say():
     text = findings(long)
     assert "Under ERM, eKLD falls with class size for 2 of 2 nuisance(s) of digits (mean Spearman(size, eKLD) -0.6" in text
     assert "; under RS for 2 of 2 (-0.6" in text
-    assert "Oracle augmentation brings tail eKLD to 0.4" in text and "GIT changes tail eKLD by -0.2" in text
+    assert "Oracle augmentation multiplies ERM's tail eKLD by 0.4" in text and "GIT changes tail eKLD by -0.2" in text
     assert "lack the trials" not in text
     bad = findings(claims_table(trials({**TRUTH, "DRS+GIT": {**TRUTH["DRS+GIT"], "tail": 1.1}})))
     assert "GIT changes tail eKLD by +0.19 on background" in bad and "(lower with confidence for 0 of 2)" in bad

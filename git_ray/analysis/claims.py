@@ -401,8 +401,8 @@ def findings(long: pd.DataFrame, trials: pd.DataFrame | None = None) -> str:
                          f"{len(held)} of {len(b)} nuisance(s)" + (f": {_scope_list(held)}." if held else "."))
     c = judged[judged["measure"].str.startswith("tail eKLD ratio")]
     if len(c):
-        each = ", ".join(f"{v:.2f}x on {s}" for s, v in zip(c["nuisance"], c["effect"]))
-        sentences.append(f"Oracle augmentation brings tail eKLD to {each} of ERM's "
+        each = ", ".join(f"{v:.2f} on {s}" for s, v in zip(c["nuisance"], c["effect"]))
+        sentences.append(f"Oracle augmentation multiplies ERM's tail eKLD by {each} "
                          f"(below 1 with confidence for {(c['ci_high'] < 1).sum()} of {len(c)}).")
     d = judged[judged["claim"] == "d"]
     if len(d):
