@@ -17,7 +17,7 @@ def per_class_rows(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
     rng = np.random.default_rng(seed)
     pcs, trials, epochs = [], [], []
     for nuisance in ("background", "dilation"):
-        for ratio in (10, 100):
+        for ratio in (100, 10):
             counts = np.round(200 * ratio ** (-np.arange(8) / 7))
             for method, slope in (("ce", 0.2), ("ce+drs", 0.1)):
                 for i in range(3):
@@ -32,6 +32,13 @@ def per_class_rows(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
                     epochs += [{"sweep": "s", "trial_id": tid, "epoch": e, "val_balanced_accuracy": 0.1 * e}
                                for e in range(4)]
     return pd.DataFrame(pcs), pd.DataFrame(trials), pd.DataFrame(epochs)
+
+
+def test_natural_order_of_panel_names():
+    names = ["ratio 100", "ratio 50", "ratio 10", "alpha 2, ratio 5"]
+    assert sorted(names, key=F.natural_key) == ["alpha 2, ratio 5", "ratio 10", "ratio 50", "ratio 100"]
+    assert sorted([("a", ("ratio 100", 0)), ("a", ("ratio 10", 1)), ("a", ("ratio 10", 0))], key=F.natural_key) == [
+        ("a", ("ratio 10", 0)), ("a", ("ratio 10", 1)), ("a", ("ratio 100", 0))]
 
 
 def test_panels_split_by_imbalance_ratio():

@@ -11,6 +11,7 @@ a Figure; nothing here computes a number that is not also in the tables or the P
 from __future__ import annotations
 
 import io
+import re
 
 import matplotlib
 
@@ -54,10 +55,19 @@ def profile_names(df: pd.DataFrame) -> pd.Series:
     return df.apply(one, axis=1)
 
 
+def natural_key(v: object) -> tuple:
+    """Sort key that orders numbers inside names by value: "ratio 10" < "ratio 50" < "ratio 100"."""
+    if isinstance(v, tuple):
+        return tuple(natural_key(x) for x in v)
+    parts = re.split(r"(\d+(?:\.\d+)?)", str(v))
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts))
+
+
 def _panels(df: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
     """One panel per (dataset/nuisance, profile setting) (and per sweep when several sweeps share
-    a nuisance), keyed (row name, column name)."""
-    return list(df.groupby([panel_names(df), profile_names(df)], sort=True))
+    a nuisance), keyed (row name, column name), in natural order."""
+    groups = df.groupby([panel_names(df), profile_names(df)], sort=False)
+    return sorted(groups, key=lambda kv: natural_key(kv[0]))
 
 
 def _title(key: tuple[str, str]) -> str:
@@ -76,9 +86,9 @@ def _grid(keys: list[tuple], title: str, width: float = 4.2, height: float = 3.4
     a row per dataset/nuisance and a column per profile setting when the profile varies (2-4
     settings, up to `max_cols`), else up to 3 panels a row. `legend_w` inches right of each panel
     hold its legend; `right` inches right of the last column hold a figure legend."""
-    cols_named = sorted({k[1] for k in keys})
+    cols_named = sorted({k[1] for k in keys}, key=natural_key)
     if 2 <= len(cols_named) <= max_cols:
-        rows_named = sorted({k[0] for k in keys})
+        rows_named = sorted({k[0] for k in keys}, key=natural_key)
         cols, rows = len(cols_named), len(rows_named)
         where = [(rows_named.index(r), cols_named.index(c)) for r, c in keys]
     else:
@@ -204,7 +214,7 @@ def fig_tail_effect(trials: pd.DataFrame) -> Figure:
     dataset/nuisance and imbalance setting, one legend beside them."""
     order = {a: i for i, a in enumerate(("none", "GIT", "oracle", "GIT+oracle"))}
     metrics = (("ekld_tail", "tail eKLD (lower = more invariant)"), ("tail_accuracy", "tail accuracy"))
-    panels = list(trials.groupby([panel_names(trials), profile_names(trials)], sort=True))
+    panels = _panels(trials)
     keys = [(row, (col, i)) for (row, col), _ in panels for i in range(len(metrics))]
     fig, axes = _grid(keys, "The tail (smallest third of classes) with and without GIT / oracle augmentation "
                       "(mean ± std over seeds and instances)", width=3.6, max_cols=6, right=1.9)
