@@ -272,3 +272,13 @@ def test_analyze_writes_and_shows_the_claims(tmp_path):
     assert tags[0] == ("div", "scroll") and tags[1] == ("table", "claims")  # the claims table comes first
     # Every table sits in a horizontally scrolling box.
     assert sum(t == ("div", "scroll") for t in tags) == sum(t[0] == "table" for t in tags) == len(rep.display)
+
+
+def test_findings_without_any_judged_claim_fall_back_to_the_trials():
+    t = trials(runs=("ERM",)).assign(balance_loss="focal")  # no ERM / RS / DRS / oracle / GIT trials
+    long = claims_table(t)
+    assert set(long["verdict"]) == {MISSING}
+    text = findings(long, t)
+    mean = t["ekld_size_spearman"].mean()
+    assert text.startswith(f"Mean Spearman(size, eKLD) per method over all trials: focal {mean:+.2f}")
+    assert "10 of 10 claim rows lack the trials" in text
