@@ -258,6 +258,9 @@ def test_analyze_writes_and_shows_the_claims(tmp_path):
     erm = erm[(erm["balance_sampler"] == "none") & ~erm["augment_git"]]
     got = csv[csv["measure"] == "mean Spearman(size, eKLD), ERM"]["effect"].item()
     assert got == pytest.approx(erm["ekld_size_spearman"].mean())
+    # 3 instances: the verdicts say they rest on too few units.
+    assert csv[csv["claim"] == "a"]["reason"].str.endswith("provisional: 3 units, too few for a reliable interval").all()
+    assert not csv[csv["claim"] == "c"]["reason"].str.contains("provisional").any()
     md = (out / "claims.md").read_text()
     assert "| claim | nuisance |" in md and "no oracle trials for nuisance digits / background" in md
     text = rep.text

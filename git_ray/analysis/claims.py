@@ -34,6 +34,9 @@ HOLDS, FAILS, MISSING = "holds", "does not hold", "not enough trials"
 N_BOOT = 2000
 LEVEL = 0.95
 MIN_UNITS = 2  # an interval over one unit is a point, not an interval
+# Below this many units a percentile bootstrap interval is too narrow (it cannot reach past the
+# values observed): verdicts on fewer say they are provisional.
+FEW_UNITS = 5
 
 # (method label, augmentation label) of the three sampling methods claims a-c compare. RS and
 # DRS are taken with plain cross-entropy and no reweighting, as in the paper's invariance study,
@@ -331,7 +334,13 @@ def claims_table(trials: pd.DataFrame, *, seed: int = 0, n_boot: int = N_BOOT) -
         rows += claim_c(d, scope, seed, n_boot)
         rows += claim_d(d, scope, seed, n_boot)
         rows += claim_e(d, scope, seed, n_boot)
-    return pd.DataFrame(rows, columns=COLUMNS)
+    long = pd.DataFrame(rows, columns=COLUMNS)
+    judged = long["verdict"] != MISSING
+    fewest = long[judged].groupby(["claim", "nuisance"])["n"].transform("min")
+    few = fewest[fewest < FEW_UNITS]
+    long.loc[few.index, "reason"] = [f"{r}; provisional: {n} units, too few for a reliable interval"
+                                     for r, n in zip(long.loc[few.index, "reason"], few)]
+    return long
 
 
 def verdicts(long: pd.DataFrame) -> pd.DataFrame:
