@@ -103,3 +103,11 @@ def test_tail_table_keeps_ratios_apart():
     assert len(tail) == 8 and tail["ekld_tail_count"].eq(3).all()
     assert tail.loc[("digits / dilation, ratio 100", "ce"), "ekld_tail_mean"] == pytest.approx(10.0)
     assert tail.loc[("digits / dilation, ratio 10", "ce"), "ekld_tail_mean"] == pytest.approx(1.0)
+
+
+def test_size_bins_sit_where_their_classes_are():
+    # The K49-LT shape: many classes at the floor of 5, a few large ones.
+    sizes = pd.Series([5] * 30 + list(range(6, 40)) + [100, 400, 1000])
+    b = F.size_bins(sizes)
+    assert b.iloc[0] == pytest.approx(np.exp(np.log(sizes[b == b.iloc[0]]).mean()))
+    assert 5 <= b.iloc[0] < 5.5 and b.iloc[-1] == pytest.approx(1000)

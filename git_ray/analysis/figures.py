@@ -111,14 +111,15 @@ def _grid(keys: list[tuple], title: str, width: float = 4.2, height: float = 3.4
 
 def size_bins(sizes: pd.Series) -> pd.Series:
     """A representative class size for each row: itself when there are few distinct sizes,
-    else the geometric centre of its log-spaced bin."""
+    else the geometric mean of the sizes in its log-spaced bin (not the bin's centre: with a floor
+    of 5 images, many classes sit at exactly 5, and their point belongs there)."""
     distinct = np.unique(sizes)
     if len(distinct) <= MAX_DISTINCT_SIZES:
         return sizes.astype(float)
     edges = np.geomspace(distinct.min(), distinct.max() * 1.000001, N_BINS + 1)
     idx = np.clip(np.searchsorted(edges, sizes, side="right") - 1, 0, N_BINS - 1)
-    centres = np.sqrt(edges[:-1] * edges[1:])
-    return pd.Series(centres[idx], index=sizes.index)
+    log = pd.Series(np.log(sizes.to_numpy(dtype=float)), index=sizes.index)
+    return np.exp(log.groupby(idx).transform("mean"))
 
 
 def size_curve(per_class: pd.DataFrame, value: str) -> pd.DataFrame:
