@@ -27,7 +27,7 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 
 from git_ray.config import GeneratorConfig, stable_hash
-from git_ray.generative import storage
+from git_ray import storage
 from git_ray.generative.networks import Munit
 from git_ray.generative.samples import sample_grid_png
 from git_ray.generative.train import train_munit
