@@ -139,3 +139,24 @@ def test_repair_twice_keeps_both_copies(sweep):
     repair(verify(str(root)))
     kept = sorted(p.name for p in (root / "quarantine" / "trials").rglob(f"{ids[0]}.parquet*"))
     assert kept == [f"{ids[0]}.parquet", f"{ids[0]}.parquet.1"]
+
+
+@pytest.mark.parametrize("table", ["trials", "per_class"])
+def test_analyze_skips_an_unreadable_file_with_a_warning(sweep, table, capsys):
+    from git_ray.analysis import load
+    from git_ray.analysis.load import UnreadableFileWarning
+
+    root, cache, ids, fps = sweep
+    bad = trial_file(root, table, ids[0])
+    bad.write_bytes(bad.read_bytes()[:80])
+    with pytest.warns(UnreadableFileWarning) as seen:
+        tables = load(str(root))
+    msg = str(seen[0].message)
+    assert str(bad) in msg and f"git-ray verify {root} --repair" in msg
+    if table == "trials":  # the trial is left out, with its per_class and epochs rows
+        assert set(tables["trials"]["trial_id"]) == set(ids[1:])
+        assert ids[0] not in set(tables["per_class"]["trial_id"])
+    else:
+        assert len(tables["trials"]) == 7 and ids[0] not in set(tables["per_class"]["trial_id"])
+    with pytest.warns(UnreadableFileWarning):
+        assert main(["analyze", str(root), "--out", str(root.parent / "analysis")]) == 0
