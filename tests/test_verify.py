@@ -5,6 +5,8 @@ damaged trials read as missing (so the next run redoes them)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,6 +21,7 @@ from git_ray.results.verify import repair, verify
 from test_generative_train import TINY, tiny_data
 from test_results_store import make_cfg, make_result
 
+CHECKER = Path("/work/shared/tools/check_results.py")
 GEN = GeneratorConfig(steps=2, checkpoint_every=2, **TINY)
 
 
@@ -109,13 +112,17 @@ def test_every_kind_of_damage_is_reported_then_quarantined(sweep, capsys):
     assert len(before) == len(after)  # moved, never deleted
     for p in report.problems:
         if p.kind != "generator":
-            assert (root / "quarantine" / p.shown).exists() and not (root / p.shown).exists()
+            assert not (root / p.shown).exists()
+            folder, name = os.path.split(p.shown)
+            assert (root / "quarantine" / folder / name.lstrip("._")).exists()
     assert (cache / "quarantine" / fps[0] / "generator.pt").exists()
     assert (cache / "quarantine" / fps[1] / "meta.json").exists()
     assert (stage / "live.trials.x.part").exists()
 
     assert main(["verify", str(root)]) == 0
     assert complete_trial_ids(str(root)) == {f, ok}  # the damaged trials now read as missing
+    checked = subprocess.run([sys.executable, str(CHECKER), str(root)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout  # the contract checker agrees (no temporaries)
     n = duckdb.connect().execute(f"select count(*) from read_parquet('{root}/trials/**/*.parquet')").fetchone()[0]
     assert n == 2
 

@@ -18,7 +18,8 @@ What counts as a problem (the `kind` of a Problem):
 Repair moves every file of a damaged trial (so its trials row disappears and the sweep runs it
 again) to `<sweep>/quarantine/<same relative path>`, and a bad generator file to
 `<generators>/quarantine/<fingerprint>/` (where the generator cache itself puts the files it
-refuses); a name already taken there gets `.1`, `.2`, ... appended.
+refuses); a name already taken there gets `.1`, `.2`, ... appended, and a hidden temporary's
+name loses its leading `.` / `_` (in quarantine it is to be looked at, not a live temporary).
 """
 from __future__ import annotations
 
@@ -102,6 +103,14 @@ def _schema_problem(table: str, t: pa.Table, trial_id: str) -> str | None:
     return None
 
 
+def _visible(rel: str) -> str:
+    """The same relative path with the file's leading dots / underscores dropped: a quarantined
+    `.tmp-*` file is there to be looked at, and must not read as a live temporary."""
+    folder, _, name = rel.rpartition("/")
+    name = name.lstrip("._") or name
+    return f"{folder}/{name}" if folder else name
+
+
 def _layout_ok(rel: str) -> bool:
     """`dataset_source=S/dataset_nuisance=N/<trial_id>.parquet` inside a table folder."""
     parts = rel.split("/")
@@ -140,7 +149,7 @@ def _check_tables(report: Report, fs: pafs.FileSystem, base: str, stale_s: float
     def add(kind: str, path: str, detail: str) -> None:
         rel = path[len(base):].strip("/")
         report.problems.append(Problem(kind, _uri(root, fs, path), rel, detail,
-                                       _uri(root, fs, f"{quarantine}/{rel}")))
+                                       _uri(root, fs, f"{quarantine}/{_visible(rel)}")))
 
     for table in TABLES:
         folder = f"{base}/{table}"
@@ -237,7 +246,7 @@ def _check_generators(report: Report, stale_s: float) -> None:
                     rel = f"{storage.STAGING}/{info.base_name}"
                     add("leftover", _uri(cache, fs, info.path), rel,
                         f"staged {age / 60:.0f} min ago and never renamed into place",
-                        storage.join(cache, storage.QUARANTINE, rel))
+                        storage.join(cache, storage.QUARANTINE, _visible(rel)))
             continue
         bad = inspect_entry(cache, name)
         for location, why in bad:
@@ -247,7 +256,8 @@ def _check_generators(report: Report, stale_s: float) -> None:
             age = now - info.mtime.timestamp() if info.mtime else float("inf")
             if info.base_name.startswith((".tmp-", "_tmp-")) and age > stale_s:
                 add("leftover", _uri(cache, fs, info.path), f"{name}/{info.base_name}",
-                    "a temporary of an interrupted write", storage.join(cache, storage.QUARANTINE, name, info.base_name))
+                    "a temporary of an interrupted write",
+                    storage.join(cache, storage.QUARANTINE, name, _visible(info.base_name)))
         if not bad and any(f.base_name == "generator.pt" for f in files):
             report.generators_ok += 1
 
