@@ -83,3 +83,27 @@ def test_a_missing_bucket_fails_at_once_with_a_clear_message(s3, monkeypatch, ca
             storage.write_bytes("s3://no-such-bucket/generators/fp/meta.json", b"{}")
     assert "no-such-bucket" in str(err.value)
     assert not any("retry" in rec.message for rec in caplog.records)  # not retried
+
+
+def test_verify_and_repair_on_s3(s3):
+    from git_ray.results.verify import repair, verify
+
+    root = f"s3://{BUCKET}/sweeps/demo"
+    good, bad = make_result(make_cfg(seed=0)), make_result(make_cfg(seed=1), seed=1)
+    for r in (good, bad):
+        write_trial(root, r)
+    client = boto3.client("s3")
+    key = f"sweeps/demo/trials/dataset_source=digits/dataset_nuisance=background/{bad.trial_id}.parquet"
+    body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    client.put_object(Bucket=BUCKET, Key=key, Body=body[:64])  # truncated
+    assert complete_trial_ids(root) == {good.trial_id}
+    report = verify(root)
+    assert [(p.kind, p.location) for p in report.problems if p.kind == "unreadable"] == \
+        [("unreadable", f"s3://{BUCKET}/{key}")]
+    assert len(report.problems) == 3 and report.trials_ok == 1
+    repair(report)
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="sweeps/demo/quarantine/")["Contents"])
+    assert keys == [f"sweeps/demo/quarantine/{t}/dataset_source=digits/dataset_nuisance=background/{bad.trial_id}.parquet"
+                    for t in ("epochs", "per_class", "trials")]
+    assert client.get_object(Bucket=BUCKET, Key=keys[2])["Body"].read() == body[:64]  # kept, not deleted
+    assert verify(root).clean and complete_trial_ids(root) == {good.trial_id}
