@@ -179,7 +179,8 @@ def load(path_or_paths: str | Sequence[str], tables: Iterable[str] = TABLES) -> 
     """Every sweep's tables under the given paths, concatenated, with a `sweep` column.
 
     Raises ConfigError when a path holds no results. Reads what has finished so far on a running
-    sweep (temporary `.tmp-` files are invisible to the reader).
+    sweep (writes in progress are staged in `_staging/`, outside the tables). A file that cannot
+    be read is skipped with an UnreadableFileWarning naming it and `git-ray verify DIR --repair`.
     """
     tables = tuple(tables)
     sweeps = find_sweeps(path_or_paths)
