@@ -167,3 +167,19 @@ def test_analyze_skips_an_unreadable_file_with_a_warning(sweep, table, capsys):
         assert len(tables["trials"]) == 7 and ids[0] not in set(tables["per_class"]["trial_id"])
     with pytest.warns(UnreadableFileWarning):
         assert main(["analyze", str(root), "--out", str(root.parent / "analysis")]) == 0
+
+
+def test_a_full_disk_or_an_outage_ends_the_command_with_its_message(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from git_ray import storage
+    from git_ray.results import verify as verify_module
+
+    for err in (storage.StorageFullError(errno.ENOSPC, "no space left on the device writing X"),
+                storage.StorageUnavailableError(None, "s3://b/k: read kept failing for 60 s")):
+        def fail(*args, _err=err, **kwargs):
+            raise _err
+
+        monkeypatch.setattr(verify_module, "verify", fail)
+        assert main(["verify", str(tmp_path)]) == 1
+        assert str(err) in capsys.readouterr().err
