@@ -164,6 +164,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"git-ray {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        from git_ray.storage import StorageFullError, StorageUnavailableError
+
+        if not isinstance(err, (StorageFullError, StorageUnavailableError)):
+            raise
+        # A full disk or an outage longer than the retry budget: the message says which and what to do.
+        print(f"git-ray {args.command}: {err}", file=sys.stderr)
+        return 1
     except FloatingPointError as err:  # NonFiniteLossError: the trial diverged, nothing was written
         print(f"git-ray {args.command}: the trial failed: {err}; no results were written", file=sys.stderr)
         return 1
