@@ -6,23 +6,25 @@ Layout under the cache location (a local folder or a pyarrow.fs URI such as s3:/
     <cache>/<fingerprint>/samples.png      sample grid: sources, then the same content in k styles
     <cache>/<fingerprint>/meta.json        config, data fingerprint, steps, seconds, device
     <cache>/<fingerprint>/checkpoint.pt    resumable training state; removed once generator.pt exists
-    <cache>/<fingerprint>.lock             local caches only: the fcntl lock file
+    <cache>/<fingerprint>.lock             the lease of whoever trains it (git_ray.lease), while it trains
 
 `get_generator` loads generator.pt if it exists; otherwise it takes the fingerprint's lock, looks
 again (another trial may have finished it while we waited), trains (resuming from checkpoint.pt),
-and writes generator.pt last, so its presence means "complete". Trials on many nodes that share an
-object store need a cross-node `lock_factory`; without one two nodes may both train (each result
-is valid and the second write simply replaces the first).
+and writes generator.pt last, so its presence means "complete". The lock is a lease: its holder
+renews it every term/4 seconds; one that stops (killed, node lost) loses it after the term
+(default 60 s, $GIT_RAY_LEASE_S), and a waiter takes over and resumes from checkpoint.pt. A sweep
+passes a cross-node `lock_factory` (a Ray actor with the same lease rules); without one the lease
+record lives in the cache itself (local folder or object store).
+A generator.pt that does not load (truncated by a crash of the disk or the writer) is treated as
+absent: the entry is trained again and the file replaced.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import io
 import json
 import os
 import time
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager
 
 import torch
 
@@ -31,6 +33,7 @@ from git_ray.generative import storage
 from git_ray.generative.networks import Munit
 from git_ray.generative.samples import sample_grid_png
 from git_ray.generative.train import train_munit
+from git_ray.lease import lease_lock
 
 GENERATOR_FORMAT = "git_ray.munit_generator/1"
 CODE_VERSION = 1  # bump when networks or training change, so stale generators are not reused
@@ -55,17 +58,11 @@ def generator_paths(cache: str, fingerprint: str) -> dict[str, str]:
             "meta": storage.join(folder, "meta.json")}
 
 
-@contextlib.contextmanager
-def file_lock(path: str) -> Iterator[None]:
-    """An exclusive fcntl lock on `path` (created if absent), released on exit or process death.
-    flock locks belong to the open file, so two threads of one process exclude each other too."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+def file_lock(path: str, term_s: float | None = None,
+              log: Callable[[str], None] = print) -> ContextManager[Any]:
+    """An exclusive lease on `path` (local file or URI): renewed while held, taken over by a
+    waiter `term_s` seconds (default $GIT_RAY_LEASE_S or 60) after its holder stops renewing."""
+    return lease_lock(path, term_s, what=f"generator lock {path}", log=log)
 
 
 def save_generator(munit: Munit, gcfg: GeneratorConfig, data_fingerprint: str) -> bytes:
@@ -91,11 +88,22 @@ def _lock_for(cache: str, fp: str, lock_factory: LockFactory | None,
               log: Callable[[str], None]) -> ContextManager[Any]:
     if lock_factory is not None:
         return lock_factory(fp)
-    if not storage.is_remote(cache):
-        return file_lock(storage.join(cache, f"{fp}.lock"))
-    log(f"generator: warning: no lock_factory for remote cache {cache}; concurrent trials may "
-        f"train generator {fp} more than once")
-    return contextlib.nullcontext()
+    return file_lock(storage.join(cache, f"{fp}.lock"), log=log)
+
+
+def _load_finished(paths: dict[str, str], device: torch.device | str,
+                   log: Callable[[str], None], note: str = "") -> Munit | None:
+    """The finished generator if its generator.pt is there and loads, else None."""
+    if not storage.exists(paths["checkpoint"]):
+        return None
+    try:
+        munit = load_generator(paths["checkpoint"], device)
+    except Exception as err:  # truncated or foreign file: train the entry again
+        log(f"generator: warning: {paths['checkpoint']} does not load ({type(err).__name__}: "
+            f"{str(err)[:200]}); training it again")
+        return None
+    log(f"generator: loading {paths['checkpoint']}{note}")
+    return munit
 
 
 def get_generator(data: Any, gcfg: GeneratorConfig, *, cache: str, device: torch.device | str,
@@ -104,13 +112,14 @@ def get_generator(data: Any, gcfg: GeneratorConfig, *, cache: str, device: torch
     """The trained generator for (data, gcfg): loaded from the cache, or trained once and stored."""
     fp = generator_fingerprint(data.fingerprint, gcfg)
     paths = generator_paths(cache, fp)
-    if storage.exists(paths["checkpoint"]):
-        log(f"generator: loading {paths['checkpoint']}")
-        return load_generator(paths["checkpoint"], device)
+    found = _load_finished(paths, device, log)
+    if found is not None:
+        return found
     with _lock_for(cache, fp, lock_factory, log):
-        if storage.exists(paths["checkpoint"]):  # finished by someone else while we waited
-            log(f"generator: loading {paths['checkpoint']} (trained by another trial)")
-            return load_generator(paths["checkpoint"], device)
+        # finished by someone else while we waited
+        found = _load_finished(paths, device, log, note=" (trained by another trial)")
+        if found is not None:
+            return found
         log(f"generator: training {fp} ({gcfg.steps} steps, batch {gcfg.batch_size}, dim {gcfg.dim}) "
             f"into {paths['folder']}")
         start = time.perf_counter()
