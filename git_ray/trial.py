@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from typing import Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ def run_trial(
     cfg: TrialConfig,
     *,
     device: str | torch.device | None = None,
-    report: Callable[[dict], None] | None = None,
+    report: Callable[[dict], Any] | None = None,
     generator_cache: str | None = None,
     lock_factory: Callable[[str], ContextManager] | None = None,
     log: Callable[[str], None] = lambda msg: None,

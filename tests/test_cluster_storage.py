@@ -130,7 +130,8 @@ def test_two_trial_sweep_on_s3(tmp_path, s3, ray_local):
                                     "resources_per_trial": {"cpu": 1}, "base": TINY_BASE,
                                     "grid": {"seed": [0, 1]}}))
     counts = run_sweep(load_sweep(path))
-    assert counts == {"finished": 2, "skipped": 0, "stopped": 0, "failed": 0}
+    assert counts == {"planned": 2, "finished": 2, "skipped": 0, "stopped": 0, "failed": 0,
+                      "missing": 0, "interrupted": 0}
 
     objects = keys(s3, "sweeps/s3sweep/")
     assert "sweeps/s3sweep/sweep.yaml" in objects and "sweeps/s3sweep/environment.json" in objects

@@ -14,7 +14,10 @@ from git_ray.results import read_tables
 from git_ray.sweep.spec import load_sweep
 
 ROOT = Path(__file__).parent.parent
-CHECKER = ROOT.parent / "shared" / "tools" / "check_results.py"
+# the project's shared/ beside the checkout (a git worktree one level deeper finds it above)
+CHECKER = next((p / "shared" / "tools" / "check_results.py" for p in (ROOT.parent, ROOT.parent.parent)
+                if (p / "shared" / "tools" / "check_results.py").is_file()),
+               ROOT.parent / "shared" / "tools" / "check_results.py")
 
 from tiny_configs import TINY_BASE, TINY_GEN, sweep_file  # noqa: E402
 
@@ -44,11 +47,12 @@ def check_contract(root: Path) -> None:
 def test_two_trial_sweep_writes_results_and_reruns_skip(tmp_path, ray_local):
     path = sweep_file(tmp_path, "two", grid={"seed": [0, 1]})
     counts = run(path)
-    assert counts == {"finished": 2, "skipped": 0, "stopped": 0, "failed": 0}
+    assert counts == {"planned": 2, "finished": 2, "skipped": 0, "stopped": 0, "failed": 0,
+                      "missing": 0, "interrupted": 0}
     # Of Tune's own loggers only the JSON one runs: Tune reads result.json back for its result
     # grid (without it, it logs "Could not fetch metrics" for every trial)
     tune_dir = tmp_path / "results" / "two" / "_tune"
-    assert len(list(tune_dir.glob("*/result.json"))) == 2
+    assert len(list(tune_dir.glob("run-*/*/result.json"))) == 2
     assert not list(tune_dir.rglob("events.out.tfevents*")) and not list(tune_dir.rglob("progress.csv"))
     root = tmp_path / "results" / "two"
     check_contract(root)
@@ -57,8 +61,11 @@ def test_two_trial_sweep_writes_results_and_reruns_skip(tmp_path, ray_local):
     assert len(t["epochs"]) == 2 * 3 and len(t["per_class"]) == 2 * 10
     assert (root / "sweep.yaml").is_file() and (root / "environment.json").is_file()
     assert "ray" in (root / "environment.json").read_text()
-    # the same sweep again on the same storage runs nothing and duplicates nothing
-    assert run(path)["skipped"] == 2
+    assert not (root / "_driver.json").exists()  # the driver's lease is given back
+    # the same sweep again on the same storage runs nothing (no Tuner) and duplicates nothing
+    again = run(path)
+    assert again["skipped"] == 2 and again["finished"] == 0 and again["missing"] == 0
+    assert len(list(tune_dir.glob("run-*"))) == 1
     assert len(read_tables(str(root))["trials"]) == 2
 
 
@@ -74,7 +81,7 @@ def test_failing_trial_is_retried_then_recorded(tmp_path, ray_local):
     # lr 1e9 makes the loss NaN within an epoch: the trial must say so and fail
     path = sweep_file(tmp_path, "fails", max_failures=1, grid={"train.lr": [0.05, 1.0e9]})
     counts = run(path, extra_callbacks=[Recoveries()])
-    assert counts["finished"] == 1 and counts["failed"] == 1
+    assert counts["finished"] == 1 and counts["failed"] == 1 and counts["missing"] == 0
     assert Recoveries.n == 1  # retried once before being recorded
     t = read_tables(str(tmp_path / "results" / "fails"))
     assert len(t["trials"]) == 1 and t["trials"]["train_lr"].iloc[0] == 0.05
@@ -114,7 +121,7 @@ def test_generator_trained_once_for_several_trials(tmp_path, ray_local):
 
 
 def test_killed_driver_resumes_without_duplicates(tmp_path):
-    path = sweep_file(tmp_path, "resume", max_concurrent_trials=1, grid={"seed": [0, 1, 2, 3]})
+    path = sweep_file(tmp_path, "resume", max_concurrent_trials=1, lease_s=2, grid={"seed": [0, 1, 2, 3]})
     root = tmp_path / "results" / "resume"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "git_ray.cli", "sweep", str(path), "--num-cpus", "1"]
@@ -127,6 +134,7 @@ def test_killed_driver_resumes_without_duplicates(tmp_path):
     driver.wait()
     done_before = len(list((root / "trials").rglob("*.parquet")))
     assert 1 <= done_before < 4, "the driver should die midway"
+    time.sleep(2.5)  # the dead driver's lease (lease_s: 2) expires
     out = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "resuming" in out.stdout

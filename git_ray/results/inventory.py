@@ -19,12 +19,16 @@ TRIAL_TABLES = ("trials", "per_class", "epochs")
 _READERS = 8  # parallel readers: on S3 each check is a round trip, locally this costs nothing
 
 
-def _readable(fs: pafs.FileSystem, path: str) -> bool:
-    """Whether a Parquet file reads whole, with at least one row (a trial's files always have)."""
+def _readable(fs: pafs.FileSystem, path: str) -> str | None:
+    """The file's `status` column's first value ("" if it has none) if the Parquet file reads
+    whole with at least one row (a trial's files always have), else None."""
     try:
-        return pq.read_table(path, filesystem=fs).num_rows > 0
+        table = pq.read_table(path, filesystem=fs)
     except Exception:  # truncated, not Parquet, vanished while listed: all mean "not complete"
-        return False
+        return None
+    if table.num_rows == 0:
+        return None
+    return str(table.column("status")[0]) if "status" in table.column_names else ""
 
 
 def trial_files(root: str) -> dict[str, dict[str, str]]:
@@ -37,15 +41,21 @@ def trial_files(root: str) -> dict[str, dict[str, str]]:
     return found
 
 
-def complete_trial_ids(root: str) -> set[str]:
-    """Ids of the trials whose trials, per_class and epochs files are all present and readable."""
+def complete_trial_status(root: str) -> dict[str, str]:
+    """{trial_id: status} ("ok", "stopped") of the trials whose trials, per_class and epochs
+    files are all present and readable."""
     fs, _ = resolve(root)
     candidates = {tid: paths for tid, paths in trial_files(root).items() if len(paths) == len(TRIAL_TABLES)}
-    checks = [(tid, p) for tid, paths in candidates.items() for p in paths.values()]
+    checks = [(tid, table, p) for tid, paths in candidates.items() for table, p in paths.items()]
     with ThreadPoolExecutor(_READERS) as pool:
-        ok = list(pool.map(lambda c: _readable(fs, c[1]), checks))
-    bad = {tid for (tid, _), good in zip(checks, ok) if not good}
-    return set(candidates) - bad
+        read = list(pool.map(lambda c: _readable(fs, c[2]), checks))
+    bad = {tid for (tid, _, _), got in zip(checks, read) if got is None}
+    return {tid: got for (tid, table, _), got in zip(checks, read) if table == "trials" and tid not in bad}
+
+
+def complete_trial_ids(root: str) -> set[str]:
+    """Ids of the trials whose trials, per_class and epochs files are all present and readable."""
+    return set(complete_trial_status(root))
 
 
 def read_complete_trial(root: str, trial_id: str) -> dict[str, Any] | None:
