@@ -142,3 +142,50 @@ def test_killed_driver_resumes_without_duplicates(tmp_path):
     assert sorted(t["trials"]["seed"]) == [0, 1, 2, 3]  # every trial exactly once
     assert not t["trials"]["trial_id"].duplicated().any()
     check_contract(root)
+
+
+def test_asha_stopped_trials_have_rows_and_are_pruned_in_optuna(tmp_path, ray_local):
+    from git_ray.sweep.optuna_storage import load_study
+
+    # lr from 1e-4 (learns nothing in 4 epochs) to 0.2: ASHA (grace 1, halving) stops the poor ones
+    path = sweep_file(tmp_path, "asha", base={**TINY_BASE, "train": {**TINY_BASE["train"], "epochs": 4, "s1": 2, "s2": 3}},
+                      search={"algorithm": "optuna", "metric": "balanced_accuracy", "mode": "max",
+                              "num_samples": 5, "scheduler": "asha", "grace_period": 1, "reduction_factor": 2,
+                              "space": {"train.lr": {"loguniform": [1.0e-4, 0.2]}}})
+    counts = run(path)
+    root = tmp_path / "results" / "asha"
+    t = read_tables(str(root))
+    trials, epochs = t["trials"], t["epochs"]
+    assert len(trials) == 5 and counts["missing"] == 0 and counts["failed"] == 0
+    stopped = trials[trials["status"] == "stopped"]
+    assert len(stopped) >= 1 and counts["stopped"] == len(stopped)
+    assert counts["finished"] + counts["stopped"] == 5
+    n_epochs = epochs.groupby("trial_id").size()
+    for tid in stopped["trial_id"]:  # stopped after its last reported epoch, evaluated as it stood
+        assert n_epochs[tid] < 4
+        row = stopped[stopped["trial_id"] == tid].iloc[0]
+        assert 0 <= row["accuracy"] <= 1 and row["ekld_mean"] >= 0
+    assert len(t["per_class"]) == 5 * 10
+    study = load_study(load_sweep(path).study_storage, "asha")
+    states = [s.state.name for s in study.trials]
+    assert states.count("PRUNED") == len(stopped) and states.count("COMPLETE") == 5 - len(stopped)
+
+
+def test_optuna_rerun_settles_stale_trials_and_runs_only_the_rest(tmp_path, ray_local):
+    import optuna
+
+    from git_ray.sweep.optuna_storage import load_study, open_storage
+
+    search = {"algorithm": "optuna", "num_samples": 2, "space": {"train.lr": {"loguniform": [0.01, 0.2]}}}
+    path = sweep_file(tmp_path, "optre", search=search)
+    spec = load_sweep(path)
+    assert run(path)["finished"] == 2
+    study = optuna.load_study(study_name="optre", storage=open_storage(spec.study_storage))
+    study.ask({"train.lr": optuna.distributions.FloatDistribution(0.01, 0.2, log=True)})  # a dead driver's
+    path = sweep_file(tmp_path, "optre", search={**search, "num_samples": 3})
+    counts = run(path)
+    assert counts == {"planned": 3, "finished": 1, "skipped": 2, "stopped": 0, "failed": 0,
+                      "missing": 0, "interrupted": 0}
+    states = sorted(s.state.name for s in load_study(spec.study_storage, "optre").trials)
+    assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"]
+    assert len(read_tables(str(tmp_path / "results" / "optre"))["trials"]) == 3

@@ -333,7 +333,10 @@ def search_space(spec: SweepSpec) -> dict[str, Any]:
     return space
 
 
-def make_searcher(spec: SweepSpec):
+def make_searcher(spec: SweepSpec, seed_offset: int = 0):
+    """OptunaSearch on the sweep's study. The sampler's seed is search.seed plus the number of
+    trials the study already has: a re-run draws new points instead of repeating the first run's
+    (which would find their rows and add nothing)."""
     if not spec.search or spec.search.algorithm != "optuna":
         return None
     import optuna
@@ -350,7 +353,7 @@ def make_searcher(spec: SweepSpec):
             super().on_trial_complete(trial_id, result, error)
 
     concurrency = spec.max_concurrent_trials or 4
-    sampler = optuna.samplers.TPESampler(n_startup_trials=max(concurrency, 5), seed=spec.search.seed)
+    sampler = optuna.samplers.TPESampler(n_startup_trials=max(concurrency, 5), seed=spec.search.seed + seed_offset)
     # The study is created or continued (load_if_exists): a re-run picks up where it stopped.
     return PruningOptunaSearch(metric=spec.search.tune_metric, mode=spec.search.mode, sampler=sampler,
                                study_name=spec.search.study_name or spec.name,
@@ -481,6 +484,7 @@ class Ledger:
     done: set[str] = field(default_factory=set)  # ids of its trials with all three files readable
     counted: int = 0  # of the planned trials, how many are done (Optuna: study trials with rows)
     status: dict[str, str] = field(default_factory=dict)  # id -> "ok" / "stopped"
+    study_trials: int = 0  # Optuna: trials in the study, whatever their state
 
 
 def take_stock(spec: SweepSpec, points: list[dict[str, Any]] | None) -> Ledger:
@@ -493,11 +497,13 @@ def take_stock(spec: SweepSpec, points: list[dict[str, Any]] | None) -> Ledger:
         done = planned & set(status)
         return Ledger(planned=len(planned), done=done, counted=len(done), status=status)
     done = set(status)
-    return Ledger(planned=spec.search.num_samples, done=done, counted=settle_study(spec, done), status=status)
+    counted, total = settle_study(spec, done)
+    return Ledger(planned=spec.search.num_samples, done=done, counted=counted, status=status, study_trials=total)
 
 
-def settle_study(spec: SweepSpec, done: set[str]) -> int:
-    """Bring an Optuna study in line with the Parquet files and count its trials that have rows.
+def settle_study(spec: SweepSpec, done: set[str]) -> tuple[int, int]:
+    """Bring an Optuna study in line with the Parquet files; return (its trials that have rows,
+    all its trials).
 
     Trials a killed driver left RUNNING are told now (this driver holds the sweep's lease, so no
     one else runs them): COMPLETE with their stored value if their rows are there (PRUNED if they
@@ -511,7 +517,7 @@ def settle_study(spec: SweepSpec, done: set[str]) -> int:
         study = optuna.load_study(study_name=spec.search.study_name or spec.name,
                                   storage=open_storage(spec.study_storage))
     except KeyError:  # no study yet
-        return 0
+        return 0, 0
     counted = 0
     state = optuna.trial.TrialState
     for t in study.get_trials(deepcopy=False):
@@ -531,7 +537,7 @@ def settle_study(spec: SweepSpec, done: set[str]) -> int:
             counted += 1
         elif t.state in (state.COMPLETE, state.PRUNED) and fp in done:
             counted += 1
-    return counted
+    return counted, len(study.trials)
 
 
 def sweep_is_running_error(spec: SweepSpec, holder) -> ConfigError:
@@ -594,7 +600,7 @@ def _run_leased(spec: SweepSpec, *, resume: bool, address: str | None, num_cpus:
             board = ray.remote(num_cpus=0)(StopBoard).options(name=STOP_ACTOR, get_if_exists=True).remote()
             actors.append(board)
         pretrain_generators(spec)
-        grid = make_tuner(spec, todo, remaining, board, extra_callbacks).fit()
+        grid = make_tuner(spec, todo, remaining, board, extra_callbacks, seed_offset=before.study_trials).fit()
         for r in grid:
             if r.error is not None:
                 cfg = spec.trial_config(_params(r.config))
@@ -634,7 +640,7 @@ def _quiet() -> Iterator[None]:
 
 
 def make_tuner(spec: SweepSpec, todo: list[dict[str, Any]] | None, remaining: int, board,
-               extra_callbacks: list | None):
+               extra_callbacks: list | None, seed_offset: int = 0):
     """A fresh Tuner for exactly the trials still to run: the missing points of a grid or random
     search, or `remaining` more samples of an Optuna search (its study continues)."""
     from ray import tune
@@ -657,7 +663,7 @@ def make_tuner(spec: SweepSpec, todo: list[dict[str, Any]] | None, remaining: in
         param_space=search_space(spec) if optuna else points_space(todo),
         tune_config=tune.TuneConfig(
             metric=metric, mode=spec.search.mode if spec.search else None,
-            search_alg=make_searcher(spec), scheduler=make_scheduler(spec, max_epochs, board),
+            search_alg=make_searcher(spec, seed_offset), scheduler=make_scheduler(spec, max_epochs, board),
             num_samples=remaining if optuna else 1,
             max_concurrent_trials=spec.max_concurrent_trials, reuse_actors=True),
         run_config=tune.RunConfig(
