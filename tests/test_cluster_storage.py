@@ -25,7 +25,10 @@ from git_ray.results import read_tables  # noqa: E402
 from git_ray.sweep.spec import load_sweep  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
-CHECKER = ROOT.parent / "shared" / "tools" / "check_results.py"
+# the project's shared/ beside the checkout (a git worktree one level deeper finds it above)
+CHECKER = next((p / "shared" / "tools" / "check_results.py" for p in (ROOT.parent, ROOT.parent.parent)
+                if (p / "shared" / "tools" / "check_results.py").is_file()),
+               ROOT.parent / "shared" / "tools" / "check_results.py")
 BUCKET = "git-ray-test"
 
 from tiny_configs import TINY_BASE, TINY_GEN  # noqa: E402

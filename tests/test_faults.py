@@ -216,3 +216,51 @@ def test_lock_holder_killed_while_training_a_generator_waiter_takes_over(tmp_pat
         assert (cache / fp / "generator.pt").is_file() and not (cache / f"{fp}.lock").exists()
     finally:
         Drivers.kill(holder)
+
+
+@pytest.mark.slow
+def test_s3_server_stopped_for_10s_mid_sweep(tmp_path, drivers):
+    """Needs the storage layer's retries (every storage operation rides out about a minute)."""
+    import socket
+
+    import boto3
+    import moto.server as moto_server
+    from pyarrow import fs as pafs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    aws = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    drivers.env.update(aws)
+    try:
+        client = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        client.create_bucket(Bucket="faults")
+        sweep = sweep_file(tmp_path, "outage", max_concurrent_trials=1, grid={"seed": [0, 1, 2, 3]})
+        text = sweep.read_text().replace(str(tmp_path / "results"), "s3://faults/sweeps")
+        sweep.write_text(text)
+
+        def rows() -> int:
+            listed = client.list_objects_v2(Bucket="faults", Prefix="sweeps/outage/trials/")
+            return len(listed.get("Contents", []))
+
+        proc, log = drivers.start(sweep)
+        wait_for(lambda: rows() >= 1, 240, "the first trial's rows", proc)
+        server.stop()  # moto keeps its objects in this process: the restarted server has them
+        time.sleep(10)
+        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+        server.start()
+        rc = proc.wait(timeout=300)
+        assert rc == 0, log.read_text()[-3000:]
+        local = tmp_path / "copy"
+        for k, v in aws.items():
+            os.environ.setdefault(k, v)
+        s3fs, path = pafs.FileSystem.from_uri("s3://faults/sweeps/outage")
+        pafs.copy_files(path, str(local), source_filesystem=s3fs, destination_filesystem=pafs.LocalFileSystem())
+        assert_recorded_exactly_once(local, 4)
+    finally:
+        server.stop()
