@@ -49,7 +49,9 @@ def run_trial(
     lock_factory: Callable[[str], ContextManager] | None = None,
     log: Callable[[str], None] = lambda msg: None,
 ) -> TrialResult:
-    """Train and evaluate one classifier as `cfg` says; return its rows (no files written)."""
+    """Train and evaluate one classifier as `cfg` says; return its rows (no files written).
+    `report(row)` gets every epoch's row; returning `git_ray.train.loop.STOP` ends training
+    early and the model as it stands is evaluated (fewer epoch rows than cfg.train.epochs)."""
     start = time.perf_counter()
     dev = resolve_device(cfg.train.device, device)
     with torch_threads(cfg.train.threads):

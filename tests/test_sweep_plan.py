@@ -3,7 +3,6 @@ driver lease refusing a second driver, the lock actor's leases."""
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import pytest

@@ -25,7 +25,6 @@ import math
 import os
 import platform
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
