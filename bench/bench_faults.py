@@ -128,9 +128,12 @@ def truncated(s: Sweep, table: str) -> None:
 
 
 def truncated_generator(s: Sweep) -> None:
+    """generator.pt and one trials file truncated: the trial to redo needs the generator again."""
     s.run()
     gen = next(s.gens.glob("*/generator.pt"))
     gen.write_bytes(gen.read_bytes()[:100])
+    victim = sorted(p for p in (s.root / "trials").rglob("*.parquet") if not p.name.startswith("."))[0]
+    victim.write_bytes(victim.read_bytes()[:40])
     s.run()
 
 
@@ -138,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=4)
     p.add_argument("--no-generator", action="store_true", help="skip the scenarios with a GIT generator")
+    p.add_argument("--only", default="", help="run only scenarios whose name contains this (and the baselines)")
     args = p.parse_args(argv)
     print(machine_line())
     print(f"sweep: {args.trials} tiny digits trials, one at a time, local Ray on 2 CPUs, lease_s {LEASE_S:g}")
@@ -154,8 +158,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             ("none (clean run, with a generator)", True, lambda s: s.run()),
             ("driver SIGKILL in phase 0, re-run", True,
              lambda s: kill_driver(s, lambda: any(s.gens.glob("*/checkpoint.pt")))),
-            ("truncated generator.pt, re-run", True, truncated_generator),
+            ("truncated generator.pt + trials, re-run", True, truncated_generator),
         ]
+    scenarios = [sc for sc in scenarios if sc[0].startswith("none") or args.only in sc[0]]
     figures: dict[str, float] = {}
     baseline: dict[bool, float] = {}
     print(f"\n{'fault injected':<40} {'lost':>5} {'duplicated':>11} {'seconds added':>14}")
