@@ -25,7 +25,7 @@ from tiny_configs import TINY_BASE, TINY_GEN, sweep_file
 
 ROOT = Path(__file__).parent.parent
 GEN_BASE = {**TINY_BASE, "augment": {"git": True, "git_start": "start", "gen_frac": 0.5},
-            "generator": {**TINY_GEN, "steps": 60, "checkpoint_every": 5}}
+            "generator": {**TINY_GEN, "steps": 80, "checkpoint_every": 5}}
 
 
 class Drivers:
@@ -115,11 +115,13 @@ def test_driver_killed_in_phase0_and_mid_trials_second_driver_truncated_files(tm
     root = tmp_path / "results" / "faults"
     gens = tmp_path / "results" / "generators"
 
-    # 1. SIGKILL during phase 0, once the generator has a training checkpoint
+    # 1. a second driver while the first runs (it takes its lease before Ray starts)
     first, _ = drivers.start(sweep)
-    wait_for(lambda: any(gens.glob("*/checkpoint.pt")), 180, "a generator checkpoint", first)
-    rc, out = drivers.run(sweep, timeout=120)  # 2. a second driver while the first runs
+    wait_for(lambda: (root / "_driver.json").exists(), 120, "the first driver's lease", first)
+    rc, out = drivers.run(sweep, timeout=120)
     assert rc == 2 and "is being run by" in out and f":{first.pid} since" in out, out[-2000:]
+    # 2. SIGKILL during phase 0, once the generator has a training checkpoint
+    wait_for(lambda: any(gens.glob("*/checkpoint.pt")), 180, "a generator checkpoint", first)
     drivers.kill(first)
     assert not any(gens.glob("*/generator.pt")) and not trial_files(root)
     time.sleep(3.5)  # the dead driver's lease (lease_s: 3) expires
