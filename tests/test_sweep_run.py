@@ -189,3 +189,39 @@ def test_optuna_rerun_settles_stale_trials_and_runs_only_the_rest(tmp_path, ray_
     states = sorted(s.state.name for s in load_study(spec.study_storage, "optre").trials)
     assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"]
     assert len(read_tables(str(tmp_path / "results" / "optre"))["trials"]) == 3
+
+
+def test_ray_lock_of_a_killed_holder_is_taken_over_after_its_lease(ray_local):
+    import ray
+
+    from git_ray.sweep.runner import LOCK_ACTOR, LockTable, ray_lock
+
+    table = ray.remote(num_cpus=0)(LockTable).options(name=LOCK_ACTOR, get_if_exists=True).remote()
+    key = f"gen-{os.getpid()}-{time.time()}"
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def hold(k: str) -> None:
+        with ray_lock(k, lease_s=1.5, log=lambda m: None):
+            time.sleep(600)
+
+    @ray.remote(num_cpus=0)
+    def take(k: str) -> tuple[float, list[str]]:
+        logs: list[str] = []
+        with ray_lock(k, lease_s=1.5, poll_s=0.1, log=logs.append):
+            return time.time(), logs
+
+    holder = hold.remote(key)
+    deadline = time.time() + 60
+    while ray.get(table.acquire.remote(key, "probe", "test", 1.5))[0] != "held":
+        assert time.time() < deadline, "the holder never took the lock"
+        ray.get(table.release.remote(key, "probe"))
+        time.sleep(0.2)
+    taker = take.remote(key)
+    time.sleep(3.0)  # longer than the lease: only the holder's renewals keep it from the taker
+    assert ray.get(table.acquire.remote(key, "probe", "test", 1.5))[0] == "held"
+    ray.cancel(holder, force=True)  # the holder's worker process dies
+    killed = time.time()
+    taken_at, logs = ray.get(taker, timeout=60)
+    assert taken_at - killed <= 1.5 + 2.0, taken_at - killed
+    assert any(m.startswith("waiting for") and "held by" in m for m in logs)
+    assert any("took over" in m for m in logs)
