@@ -69,3 +69,21 @@ def test_lock_table_leases_expire_and_are_taken_over():
     assert table.acquire("g", "c", "h:3", 0.3)[0] == "held"
     table.release("g", "b")
     assert table.acquire("g", "c", "h:3", 0.3) == ("granted", None)
+
+
+def test_a_full_disk_is_named_and_exits_1(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from git_ray.cli import main
+    from git_ray.sweep import runner
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runner, "init_ray", lambda *a, **k: False)  # no Ray needed to reach the write
+    monkeypatch.setattr(runner, "write_sweep_metadata", full)
+    path = sweep_file(tmp_path, "full", grid={"seed": [0]})
+    assert main(["sweep", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "is full" in err and "No space left on device" in err and "run" in err
+    assert not (tmp_path / "results" / "full" / DRIVER_LEASE).exists()  # the lease was given back
