@@ -23,8 +23,6 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-import yaml
-
 from git_ray import __version__, storage
 from git_ray.config import ConfigError, stable_hash
 from git_ray.sweep.spec import SweepSpec, load_sweep
@@ -140,7 +138,8 @@ def trial_trainable(params: dict, *, spec_json: str, base_dir: str | None = None
     from git_ray.trial import default_generator_cache, run_trial, torch_threads
 
     spec = SweepSpec.model_validate_json(spec_json)
-    cfg = local_paths_absolute(spec.trial_config(params), base_dir)
+    optuna_number = params.get("__optuna_trial_number")  # set by LinkedOptunaSearch
+    cfg = local_paths_absolute(spec.trial_config(_params(params)), base_dir)
     node = node_id()
     stored = read_trial(spec.root, cfg.fingerprint())
     if stored is not None:  # finished earlier (resume, re-run, retry after the write)
@@ -155,13 +154,16 @@ def trial_trainable(params: dict, *, spec_json: str, base_dir: str | None = None
                                                  every_s=0.0 if every_epoch else spec.progress_every_s),
                            generator_cache=default_generator_cache(spec.storage),
                            lock_factory=ray_lock)
+    if optuna_number is not None:
+        result.trial["optuna_trial_number"] = int(optuna_number)
     write_trial(spec.root, result)
     tune.report({**final_metrics(result.trial, result.epochs[-1] if result.epochs else None, skipped=False),
                  "node_id": node})
 
 
-def pretrain_generator(cfg_json: str, cache: str, resources: dict[str, float]) -> str:
-    """Phase 0 task: train (or find) one generator so that the trials only load it."""
+def pretrain_generator(cfg_json: str, cache: str, resources: dict[str, float], steps_log: bool = False) -> str:
+    """Phase 0 task: train (or find) one generator so that the trials only load it. Its step
+    lines (losses every 10% of training) are printed only with `steps_log` (--verbose)."""
     from git_ray.config import TrialConfig
     from git_ray.data import build_dataset
     from git_ray.generative import get_generator
@@ -172,7 +174,8 @@ def pretrain_generator(cfg_json: str, cache: str, resources: dict[str, float]) -
     with torch_threads(max(1, int(resources["cpu"]))):
         data = build_dataset(cfg.dataset).to(device)
         get_generator(data, cfg.generator, cache=cfg.generator.cache or cache, device=device,
-                      lock_factory=ray_lock, log=lambda m: print(f"[generator] {m}", flush=True))
+                      lock_factory=ray_lock, log=lambda m: None if m.startswith("generator step") and not steps_log
+                      else print(f"[generator] {m}", flush=True))
     return cfg.dataset.source
 
 
@@ -216,15 +219,15 @@ def make_searcher(spec: SweepSpec):
     if not spec.search or spec.search.algorithm != "optuna":
         return None
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
+    from git_ray.sweep.optuna_search import LinkedOptunaSearch
     from git_ray.sweep.optuna_storage import open_storage
 
     concurrency = spec.max_concurrent_trials or 4
     sampler = optuna.samplers.TPESampler(n_startup_trials=max(concurrency, 5), seed=spec.search.seed)
-    return OptunaSearch(metric=spec.search.tune_metric, mode=spec.search.mode, sampler=sampler,
-                        study_name=spec.search.study_name or spec.name,
-                        storage=open_storage(spec.study_storage))
+    return LinkedOptunaSearch(metric=spec.search.tune_metric, mode=spec.search.mode, sampler=sampler,
+                              study_name=spec.search.study_name or spec.name,
+                              storage=open_storage(spec.study_storage), spec=spec)
 
 
 def make_scheduler(spec: SweepSpec, max_epochs: int):
@@ -237,37 +240,10 @@ def make_scheduler(spec: SweepSpec, max_epochs: int):
 
 
 def make_progress_callback(spec: SweepSpec):
-    from ray import tune
+    """The one progress display (rich on a terminal, a line per trial elsewhere) + heartbeat."""
+    from git_ray.sweep.progress import SweepProgress
 
-    axes = list(spec.grid) + (list(spec.search.space) if spec.search else [])
-
-    class TrialLines(tune.Callback):
-        """One line per finished or failed trial: its key config and balanced accuracy."""
-
-        def _label(self, trial) -> str:
-            parts = []
-            for k in axes:
-                v = trial.config.get(k)
-                if isinstance(v, dict):
-                    v = "/".join(str(x) for x in v.values())
-                elif isinstance(v, float):
-                    v = f"{v:.4g}"
-                parts.append(f"{k}={v}")
-            return ", ".join(parts) or trial.trial_id
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            r = trial.last_result or {}
-            if "test_balanced_accuracy" in r:
-                how = "already in results" if r.get("skipped") else f"{r.get('train_seconds', 0):.1f}s"
-                print(f"[git-ray] finished {self._label(trial)}: balanced accuracy "
-                      f"{r['test_balanced_accuracy']:.3f}, eKLD tail {r['ekld_tail']:.4f} ({how})", flush=True)
-            else:
-                print(f"[git-ray] stopped early {self._label(trial)} at epoch {r.get('epoch', '?')}", flush=True)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"[git-ray] FAILED {self._label(trial)}: see the failed/ table", flush=True)
-
-    return TrialLines()
+    return SweepProgress(spec, verbose=spec.verbose > 0)
 
 
 def write_sweep_metadata(spec: SweepSpec, argv: list[str]) -> None:
@@ -275,8 +251,7 @@ def write_sweep_metadata(spec: SweepSpec, argv: list[str]) -> None:
     import ray
     import torch
 
-    storage.write_bytes(storage.join(spec.root, "sweep.yaml"),
-                        yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).encode())
+    storage.write_bytes(storage.join(spec.root, "sweep.yaml"), spec.to_yaml())
     env = {"git_ray": __version__, "torch": torch.__version__, "ray": ray.__version__,
            "pyarrow": pyarrow.__version__, "python": platform.python_version(),
            "platform": platform.platform(), "cuda": torch.version.cuda,
@@ -289,15 +264,38 @@ def write_sweep_metadata(spec: SweepSpec, argv: list[str]) -> None:
     storage.write_bytes(storage.join(spec.root, "environment.json"), json.dumps(env, indent=2).encode())
 
 
-def init_ray(address: str | None, num_cpus: int | None) -> None:
+def init_ray(address: str | None, num_cpus: int | None, asked: dict[str, float] | None = None,
+             verbose: int = 0) -> None:
+    """Start a local Ray or join `address`; for a cluster, check that one trial's `asked`
+    resources fit one of its nodes (or a node type its autoscaler may start) before any work."""
     import ray
 
+    from git_ray.sweep.progress import quiet_ray
+
+    # Tune's newer console output prints its experiment box even at verbose 0; its older
+    # reporter at verbose 0 prints nothing, leaving the screen to git_ray's progress display.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose else "0")
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    quiet_ray()
     kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     if address:
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, TimeoutError, ValueError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"--address {address}: no Ray cluster to join ({first}); start one "
+                              f"(`ray start --head`, or `ray up cluster.yaml`), or leave --address "
+                              f"out to run a local Ray on this machine") from None
+        if asked is not None:
+            from git_ray.sweep.resources import autoscaler_node_types, check_trials_fit, running_cluster
+
+            try:
+                check_trials_fit(asked, running_cluster(), where="this Ray cluster",
+                                 node_types=autoscaler_node_types())
+            except ConfigError:
+                ray.shutdown()  # we only joined: the cluster itself stays up
+                raise
     else:  # a fresh local Ray, never some other Ray that happens to run on this machine
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
 
@@ -316,7 +314,8 @@ def pretrain_generators(spec: SweepSpec) -> None:
     cache = default_generator_cache(spec.storage)
     start = time.perf_counter()
     base_dir = os.getcwd()
-    ray.get([task.remote(local_paths_absolute(cfg, base_dir).model_dump_json(), cache, res) for cfg in todo])
+    ray.get([task.remote(local_paths_absolute(cfg, base_dir).model_dump_json(), cache, res, spec.verbose > 0)
+             for cfg in todo])
     print(f"[git-ray] phase 0 done in {time.perf_counter() - start:.1f}s", flush=True)
 
 
@@ -345,7 +344,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
     # nobody (TensorBoard's logger alone takes 0.3 s to set up). Set it to 0 to have them all.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     tune_loggers = [JsonLoggerCallback()] if os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1" else []
-    init_ray(address, num_cpus)
+    init_ray(address, num_cpus, spec.resources_per_trial.model_dump(), spec.verbose)
     if resume and not tune.Tuner.can_restore(exp_path):
         raise ConfigError(f"--resume: no interrupted sweep to resume at {exp_path}; "
                           f"run `git-ray sweep` without --resume to start it")
@@ -399,7 +398,10 @@ def _params(config: dict) -> dict:
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    spec = load_sweep(args.sweep, storage=args.storage, max_concurrent=args.max_concurrent)
+    spec = getattr(args, "spec", None) or load_sweep(args.sweep, storage=args.storage,
+                                                      max_concurrent=args.max_concurrent)
+    if getattr(args, "verbose", False):  # Ray Tune's own tables back, plain lines from us
+        spec = spec.model_copy(update={"verbose": max(spec.verbose, 2)})
     print(f"[git-ray] sweep {spec.name!r}: {spec.num_trials()} trial(s), "
           f"{spec.resources_per_trial.cpu:g} CPU / {spec.resources_per_trial.gpu:g} GPU each, "
           f"results in {spec.root}", flush=True)
