@@ -160,6 +160,7 @@ def cmd_generator(args: argparse.Namespace) -> int:
     cfg = load_trial_config(args.config, args.set)
     cache = args.out or cfg.generator.cache or "results/generators"
     preflight.check_writable(cache, "--out" if args.out else "generator.cache")
+    preflight.check_generator(cfg, args.config)
     preflight.check_trial_config(cfg, args.device)
     device = resolve_device(cfg.train.device, args.device)
     data = build_dataset(cfg.dataset).to(device)

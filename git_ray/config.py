@@ -147,7 +147,7 @@ class GeneratorConfig(Strict):
     cache: str | None = None  # folder or URI; None: <storage>/generators (train: <out>/generators)
 
 
-def _check_downsample(d: DatasetConfig, g: GeneratorConfig) -> None:
+def check_downsample(d: DatasetConfig, g: GeneratorConfig) -> None:
     """MUNIT's content encoder halves the image n_downsample times (padding to a multiple of
     2**n_downsample) and needs a content code of at least 2x2 (git_ray.generative.networks)."""
     from git_ray.data.sources import native_size
@@ -213,7 +213,7 @@ class TrialConfig(Strict):
                              f"epoch (train.epochs {t.epochs}): GIT would never run; set train.s1 below "
                              f"{t.epochs} or augment.git_start: start")
         if a.git:
-            _check_downsample(self.dataset, self.generator)
+            check_downsample(self.dataset, self.generator)
         return self
 
     def flat(self) -> dict[str, Any]:

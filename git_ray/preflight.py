@@ -123,6 +123,16 @@ def check_trial_config(cfg: TrialConfig, device: str | None) -> None:
     check_data([cfg])
 
 
+def check_generator(cfg: TrialConfig, where: str) -> None:
+    """`git-ray generator` builds MUNIT whatever augment.git says: its size rule applies."""
+    from git_ray.config import check_downsample
+
+    try:
+        check_downsample(cfg.dataset, cfg.generator)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
 def check_num_cpus(num_cpus: int | None) -> None:
     if num_cpus is not None and num_cpus < 1:
         raise ConfigError(f"--num-cpus {num_cpus}: a local Ray needs at least 1 CPU to run trials; "

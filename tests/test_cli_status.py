@@ -31,6 +31,15 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"git-ray {__version__}"
 
 
+def test_status_and_dry_run_explain_themselves(capsys):
+    for argv in (["status", "--help"], ["sweep", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "_status.json" in out and "--dry-run" in out and "--verbose" in out
+
+
 def finish_one(spec, point) -> str:
     """Run one tiny trial of the sweep in-process and store it, as a sweep trial would."""
     from git_ray.trial import run_trial
