@@ -1,13 +1,13 @@
 """The sweep's one progress display, its heartbeat file, and quieter Ray logs.
 
-`SweepProgress` is a Tune callback in the driver. On a terminal it keeps one live line (rich):
-trials done / running / pending / failed, elapsed time, an ETA and the last finished trial's
-headline figures (test balanced accuracy, tail eKLD). Elsewhere (CI logs, pipes, --verbose) it
+`SweepProgress` is a Tune callback in the driver. On a terminal it keeps one live display (rich,
+three lines): a bar, trials done / running / pending / failed with elapsed time and an ETA, and
+the last finished trial's headline figures (test balanced accuracy, tail eKLD). Elsewhere (CI logs, pipes, --verbose) it
 prints one plain line per finished, stopped or failed trial instead. Every few seconds, and at
 the end, it writes `<sweep>/_status.json` (running trials with their start times, counts,
 updated_at), which `git-ray status` reads while the sweep runs. Ray Tune's own boxes and status
-tables are off unless --verbose (RunConfig(verbose=0)); `quiet_ray` filters the Ray messages
-that do not concern a user of git_ray.
+tables are off unless --verbose (verbose 0 with Tune's older reporter, see runner.init_ray);
+`quiet_ray` filters the Ray messages that do not concern a user of git_ray.
 """
 from __future__ import annotations
 
@@ -26,16 +26,12 @@ from git_ray.sweep.spec import SweepSpec
 from git_ray.sweep.status import HEARTBEAT_EVERY_S, STATUS_FILE
 
 
-# Ray messages that say nothing a git_ray user can act on (substrings of the log message).
+# Ray messages that say nothing a git_ray user can act on (substrings, any case).
 NOISE = (
-    "token authentication",  # Ray >= 2.59 on a local cluster: our local Ray is private to the run
-    "Tip: to disable this",
-    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO",
-    "is deprecated",
-    "Started a local Ray instance",
+    "token authentication is enabled",  # Ray >= 2.59 on every new local cluster (it stays on)
+    "is deprecated",  # Ray's own internals moving between versions
 )
-
-
+# The loggers that emit them (a logger's filters see only records logged to it by name).
 NOISY_LOGGERS = ("ray", "ray.tune", "ray._private.authentication.authentication_token_setup",
                  "ray._private.worker", "ray.tune.tune", "ray.tune.impl.tuner_internal")
 
@@ -50,12 +46,9 @@ def quiet_ray(stream: TextIO | None = None) -> None:
     """After `import ray`, before ray.init: Ray's noise dropped, workers' repeated lines
     deduplicated, and no colour codes in worker prefixes when the output is not a terminal."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    # Ray >= 2.59 warns that it overrides CUDA_VISIBLE_DEVICES for zero-GPU workers in future.
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     if not (stream or sys.stdout).isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # CI logs and pipes: no escape codes
-    # A logger's filters see only the records logged to it by name (ray.init replaces the
-    # handlers of "ray"), so the filter goes on each logger that emits the noise.
+    # On the loggers, not the handlers of "ray": ray.init replaces those.
     for name in NOISY_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
@@ -118,7 +111,10 @@ class SweepProgress(tune.Callback):
             skipped = bool(r.get("skipped"))
             self.counts["already" if skipped else "done"] += 1
             if not skipped:
-                self.trial_seconds.append(float(r.get("train_seconds") or (self.clock() - (start or self.clock()))))
+                # Wall time from start to finish (worker start-up and evaluation included) is what
+                # the remaining trials will cost; train_seconds only where the start was missed.
+                self.trial_seconds.append(self.clock() - start if start is not None
+                                          else float(r.get("train_seconds") or 0.0))
             how = "already in results" if skipped else f"{r.get('train_seconds', 0):.1f}s"
             self.last = (f"{label}: balanced accuracy {r['test_balanced_accuracy']:.3f}, "
                          f"eKLD tail {r['ekld_tail']:.4f} ({how})")
