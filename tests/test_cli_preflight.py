@@ -306,3 +306,24 @@ def test_s3_storage_probe_leaves_nothing(tmp_path, capsys, s3_bucket):
     path = sweep_file(tmp_path, "s", grid={"seed": [0]}, storage="s3://preflight/sweeps")
     assert main(["sweep", str(path), "--dry-run"]) == 0
     assert "already in storage: 0 of 1" in capsys.readouterr().out
+
+
+def test_joined_cluster_is_judged_by_its_nodes():
+    """With --address, the check runs right after connecting, on ray.nodes(); the driver leaves
+    the cluster (which stays up) when the trials cannot fit."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from git_ray.sweep.runner import init_ray
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        with pytest.raises(ConfigError, match=r"trials ask for gpu 0.25; this Ray cluster has 0 GPUs: "
+                                              r"set resources_per_trial.gpu: 0"):
+            init_ray(cluster.address, None, {"cpu": 1, "gpu": 0.25})
+        assert not ray.is_initialized()
+        init_ray(cluster.address, None, {"cpu": 1, "gpu": 0})  # fits: stays connected
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
