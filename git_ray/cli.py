@@ -120,12 +120,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from git_ray.sweep.spec import load_sweep
 
     spec = load_sweep(args.sweep, storage=args.storage, max_concurrent=args.max_concurrent)
-    preflight.check_sweep(spec, address=args.address, num_cpus=args.num_cpus)
+    preflight.check_sweep_locations(spec, args.num_cpus)
     if args.dry_run:
         from git_ray.sweep.dryrun import dry_run
 
+        # A dry run still lists a sweep meant for another machine (a cluster with the data and
+        # the GPUs), then says what would stop it here, with the same exit status as a real run.
+        try:
+            preflight.check_sweep_inputs(spec, address=args.address, num_cpus=args.num_cpus)
+            problem = None
+        except ConfigError as err:
+            problem = err
         print(dry_run(spec, num_cpus=args.num_cpus))
+        if problem is not None:
+            raise ConfigError(f"{problem}\n(the dry run above lists the sweep; run it where this holds)")
         return 0
+    preflight.check_sweep_inputs(spec, address=args.address, num_cpus=args.num_cpus)
     from git_ray.sweep.runner import run_sweep_command
 
     args.spec = spec  # validated once: run_sweep_command does not load it again

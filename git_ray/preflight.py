@@ -149,22 +149,32 @@ def sweep_sample_configs(spec: "SweepSpec") -> list[TrialConfig]:
     return [spec.trial_config({**p, **c}) for p in points for c in corners]
 
 
-def check_sweep(spec: "SweepSpec", *, address: str | None, num_cpus: int | None) -> None:
-    """A sweep's preflight: storage, generator caches and the study's folder writable, every data
-    set's files present, --num-cpus sensible and (for a local Ray, judged before it starts) one
-    trial's resources within this machine. A cluster (--address) is judged right after the
-    driver connects (git_ray.sweep.runner.init_ray)."""
+def check_sweep_locations(spec: "SweepSpec", num_cpus: int | None = None) -> None:
+    """Where a sweep writes: --num-cpus sensible, storage, generator caches and the study's
+    folder writable (what a dry run needs too: it reads the storage)."""
     check_num_cpus(num_cpus)
     check_writable(spec.storage, "storage")
-    configs = sweep_sample_configs(spec)
-    for cache in sorted({c.generator.cache for c in configs if c.augment.git and c.generator.cache}):
+    for cache in sorted({c.generator.cache for c in sweep_sample_configs(spec)
+                         if c.augment.git and c.generator.cache}):
         check_writable(cache, "generator.cache")
     study = spec.study_storage
     if study and study.startswith("sqlite:///"):
         check_writable(str(Path(study.removeprefix("sqlite:///")).parent), "search.study_storage")
-    check_data(configs)
+
+
+def check_sweep_inputs(spec: "SweepSpec", *, address: str | None, num_cpus: int | None) -> None:
+    """What a sweep needs to run here: every data set's files present and (for a local Ray,
+    judged before it starts) one trial's resources within this machine. A cluster (--address)
+    is judged right after the driver connects (git_ray.sweep.runner.init_ray)."""
+    check_data(sweep_sample_configs(spec))
     if address is None:
         from git_ray.sweep.resources import check_trials_fit, local_machine
 
         where = f"the local Ray on this machine{f' (--num-cpus {num_cpus})' if num_cpus else ''}"
         check_trials_fit(spec.resources_per_trial.model_dump(), local_machine(num_cpus), where=where)
+
+
+def check_sweep(spec: "SweepSpec", *, address: str | None, num_cpus: int | None) -> None:
+    """A sweep's whole preflight."""
+    check_sweep_locations(spec, num_cpus)
+    check_sweep_inputs(spec, address=address, num_cpus=num_cpus)

@@ -180,3 +180,14 @@ def test_progress_live_display_draws_with_rich(half_done):
     prog.on_experiment_end([])
     text = out.getvalue()
     assert "1/4" in text and "balanced accuracy 0.500" in text and "ETA" in text
+
+
+def test_dry_run_of_a_sweep_meant_for_elsewhere_lists_it_then_exits_2(tmp_path, capsys):
+    """Data files missing here: the trials are still listed, then the preflight's message, exit 2."""
+    path = sweep_file(tmp_path, "away", grid={"dataset": [{"source": "k49", "root": str(tmp_path / "k49")}],
+                                              "seed": [0, 1]})
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert "already in storage: 0 of 2; to run: 2" in out
+    assert "k49-train-imgs.npz" in err and "Traceback" not in err
+    assert not (tmp_path / "results").exists()
