@@ -191,3 +191,15 @@ def test_dry_run_of_a_sweep_meant_for_elsewhere_lists_it_then_exits_2(tmp_path, 
     assert "already in storage: 0 of 2; to run: 2" in out
     assert "k49-train-imgs.npz" in err and "Traceback" not in err
     assert not (tmp_path / "results").exists()
+
+
+def test_status_during_phase_0(tmp_path):
+    from git_ray.sweep.progress import SweepProgress
+
+    path = sweep_file(tmp_path, "p0", grid={"seed": [0, 1]})
+    spec = load_sweep(path)
+    storage.write_bytes(storage.join(spec.root, "sweep.yaml"), spec.to_yaml())
+    clock = Clock()
+    SweepProgress(spec, live=False, stream=io.StringIO(), clock=clock).write_heartbeat(phase="generators")
+    text = sweep_status(spec.root, now=clock.t + 2)
+    assert "phase 0: training the GIT generators" in text and "missing 2" in text

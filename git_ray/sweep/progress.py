@@ -216,9 +216,9 @@ class SweepProgress(tune.Callback):
             self._progress = None
 
     # -- the heartbeat -----------------------------------------------------------------------
-    def heartbeat(self, state: str = "running") -> dict[str, Any]:
+    def heartbeat(self, state: str = "running", phase: str = "trials") -> dict[str, Any]:
         now = self.clock()
-        return {"sweep": self.spec.name, "state": state, "pid": os.getpid(),
+        return {"sweep": self.spec.name, "state": state, "phase": phase, "pid": os.getpid(),
                 "updated_at": now, "updated_at_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now)),
                 "started_at": self.started, "heartbeat_every_s": self.every, "total": self.total,
                 "counts": {**self.counts, "running": len(self.running), "pending": self.pending()},
@@ -226,10 +226,11 @@ class SweepProgress(tune.Callback):
                              "params": r["params"]} for tid, r in self.running.items()],
                 "eta_s": self.eta_s()}
 
-    def write_heartbeat(self, state: str = "running") -> None:
+    def write_heartbeat(self, state: str = "running", phase: str = "trials") -> None:
+        """Write `_status.json`; phase "generators" while phase 0 trains them, else "trials"."""
         try:
             storage.write_bytes(storage.join(self.spec.root, STATUS_FILE),
-                                json.dumps(self.heartbeat(state), default=str).encode())
+                                json.dumps(self.heartbeat(state, phase), default=str).encode())
         except OSError as err:  # the heartbeat is a convenience: never fail a sweep for it
             print(f"[git-ray] could not write {STATUS_FILE}: {err}", file=sys.stderr, flush=True)
 

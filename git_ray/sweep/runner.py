@@ -300,7 +300,9 @@ def init_ray(address: str | None, num_cpus: int | None, asked: dict[str, float] 
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
 
 
-def pretrain_generators(spec: SweepSpec) -> None:
+def pretrain_generators(spec: SweepSpec, beat: Callable[[], None] | None = None) -> None:
+    """Phase 0: every distinct generator as a Ray task; `beat` (the driver's heartbeat) is
+    called every few seconds while they train, so `git-ray status` sees the driver alive."""
     import ray
 
     from git_ray.trial import default_generator_cache
@@ -314,8 +316,14 @@ def pretrain_generators(spec: SweepSpec) -> None:
     cache = default_generator_cache(spec.storage)
     start = time.perf_counter()
     base_dir = os.getcwd()
-    ray.get([task.remote(local_paths_absolute(cfg, base_dir).model_dump_json(), cache, res, spec.verbose > 0)
-             for cfg in todo])
+    refs = [task.remote(local_paths_absolute(cfg, base_dir).model_dump_json(), cache, res, spec.verbose > 0)
+            for cfg in todo]
+    waiting = list(refs)
+    while waiting:
+        if beat is not None:
+            beat()
+        _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=5.0)
+    ray.get(refs)  # raises a task's error, if any
     print(f"[git-ray] phase 0 done in {time.perf_counter() - start:.1f}s", flush=True)
 
 
@@ -350,7 +358,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
                           f"run `git-ray sweep` without --resume to start it")
     write_sweep_metadata(spec, argv or sys.argv)
     locks = ray.remote(num_cpus=0)(LockTable).options(name=LOCK_ACTOR, get_if_exists=True).remote()
-    pretrain_generators(spec)
+    progress = make_progress_callback(spec)
+    pretrain_generators(spec, beat=lambda: progress.write_heartbeat(phase="generators"))
 
     res = spec.resources_per_trial
     trainable = tune.with_resources(functools.partial(trial_trainable, spec_json=spec.model_dump_json(),
@@ -374,7 +383,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
                 name=TUNE_DIR, storage_path=spec.root, verbose=spec.verbose,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[make_progress_callback(spec), *tune_loggers, *(extra_callbacks or [])]),
+                callbacks=[progress, *tune_loggers, *(extra_callbacks or [])]),
         )
     grid = tuner.fit()
 

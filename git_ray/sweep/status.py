@@ -116,8 +116,13 @@ def sweep_status(root: str, *, by: str | None = None, now: float | None = None) 
     else:
         running = beat.get("running", [])
         eta = beat.get("eta_s")
-        lines.append(f"driver: running (heartbeat {fmt_duration(now - float(beat['updated_at']))} ago), "
-                     f"{len(running)} active trial(s), ETA {fmt_duration(eta)}")
+        age = fmt_duration(now - float(beat["updated_at"]))
+        if beat.get("phase") == "generators":
+            lines.append(f"driver: running (heartbeat {age} ago), phase 0: training the GIT generators "
+                         "before the trials")
+        else:
+            lines.append(f"driver: running (heartbeat {age} ago), {len(running)} active trial(s), "
+                         f"ETA {fmt_duration(eta)}")
         axes = list(spec.grid) + (list(spec.search.space) if spec.search else [])
         rows = [[r.get("trial_id") or "?", fmt_duration(now - float(r["started_at"])),
                  ", ".join(f"{k}={value_text(r.get('params', {}).get(k))}" for k in axes)]
