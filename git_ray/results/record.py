@@ -52,6 +52,7 @@ def build_result(
     *,
     train_seconds: float,
     device: str,
+    optuna_trial_number: int | None = None,
 ) -> TrialResult:
     """Attach the config columns to a trial's metric rows.
 
@@ -59,7 +60,8 @@ def build_result(
     ekld_mean, ekld_size_spearman; ekld_head / ekld_tail are computed from per_class when absent).
     per_class: rows with class_id, class_rank, train_count, test_count, accuracy, ekld, consistency.
     epochs: rows with epoch, lr, train_loss, train_accuracy, val_accuracy, val_balanced_accuracy,
-    seconds. Provenance (status, version, finished_at) is filled by the writer.
+    seconds. optuna_trial_number: the Optuna study's number for the trial when a search ran it.
+    Provenance (status, version, finished_at) is filled by the writer.
     """
     flat = cfg.flat()
     metrics = dict(metrics)
@@ -68,7 +70,8 @@ def build_result(
         head, tail = head_tail_mean([r["train_count"] for r in rows], [r["ekld"] for r in rows])
         metrics.setdefault("ekld_head", head)
         metrics.setdefault("ekld_tail", tail)
-    trial = {"trial_id": trial_id, **flat, **metrics, "train_seconds": float(train_seconds), "device": device}
+    trial = {"trial_id": trial_id, **flat, **metrics, "train_seconds": float(train_seconds), "device": device,
+             "optuna_trial_number": optuna_trial_number}
     part = {c: flat[c] for c in PARTITION_COLUMNS}
     return TrialResult(
         trial_id=trial_id,

@@ -85,6 +85,9 @@ TRIAL_METRICS: tuple[str, ...] = (
 TRIALS = pa.schema(
     [_ID, *CONFIG_FIELDS, *_f64(*TRIAL_METRICS, "train_seconds"),
      pa.field("device", pa.string()),
+     # The Optuna study's trial number when an Optuna search ran the trial (schema 2), else null;
+     # the study's trial carries this row's trial_id as its user attribute `git_ray_trial_id`.
+     pa.field("optuna_trial_number", pa.int64()),
      pa.field("status", pa.string(), nullable=False),
      pa.field("git_ray_version", pa.string(), nullable=False),
      pa.field("schema_version", pa.int64(), nullable=False),

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import yaml
 
 from git_ray import __version__, storage
 from git_ray.config import ConfigError, stable_hash
@@ -207,6 +206,7 @@ def trial_trainable(params: dict, *, spec_json: str, base_dir: str | None = None
     from git_ray.trial import default_generator_cache, run_trial, torch_threads
 
     spec = SweepSpec.model_validate_json(spec_json)
+    optuna_number = params.get("__optuna_trial_number")  # set by LinkedOptunaSearch
     cfg = local_paths_absolute(spec.trial_config(_params(params)), base_dir)
     node = node_id()
     stored = read_trial(spec.root, cfg.fingerprint())
@@ -227,6 +227,8 @@ def trial_trainable(params: dict, *, spec_json: str, base_dir: str | None = None
                                                  should_stop=should_stop),
                            generator_cache=default_generator_cache(spec.storage),
                            lock_factory=functools.partial(ray_lock, lease_s=spec.lease_s))
+    if optuna_number is not None:
+        result.trial["optuna_trial_number"] = int(optuna_number)
     if len(result.epochs) < cfg.train.epochs:  # stopped early: the model as it stood, evaluated
         result.trial["status"] = "stopped"
     try:
@@ -240,8 +242,10 @@ def trial_trainable(params: dict, *, spec_json: str, base_dir: str | None = None
                  "node_id": node})
 
 
-def pretrain_generator(cfg_json: str, cache: str, resources: dict[str, float], lease_s: float = 60.0) -> str:
-    """Phase 0 task: train (or find) one generator so that the trials only load it."""
+def pretrain_generator(cfg_json: str, cache: str, resources: dict[str, float], lease_s: float = 60.0,
+                       steps_log: bool = False) -> str:
+    """Phase 0 task: train (or find) one generator so that the trials only load it. Its step
+    lines (losses every 10% of training) are printed only with `steps_log` (--verbose)."""
     from git_ray.config import TrialConfig
     from git_ray.data import build_dataset
     from git_ray.generative import get_generator
@@ -253,7 +257,8 @@ def pretrain_generator(cfg_json: str, cache: str, resources: dict[str, float], l
         data = build_dataset(cfg.dataset).to(device)
         get_generator(data, cfg.generator, cache=cfg.generator.cache or cache, device=device,
                       lock_factory=functools.partial(ray_lock, lease_s=lease_s),
-                      log=lambda m: print(f"[generator] {m}", flush=True))
+                      log=lambda m: None if m.startswith("generator step") and not steps_log
+                      else print(f"[generator] {m}", flush=True))
     return cfg.dataset.source
 
 
@@ -339,11 +344,11 @@ def make_searcher(spec: SweepSpec, seed_offset: int = 0):
     if not spec.search or spec.search.algorithm != "optuna":
         return None
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
+    from git_ray.sweep.optuna_search import LinkedOptunaSearch
     from git_ray.sweep.optuna_storage import open_storage
 
-    class PruningOptunaSearch(OptunaSearch):
+    class PruningOptunaSearch(LinkedOptunaSearch):
         """Tells the study PRUNED for a trial the scheduler stopped early (it still has rows)."""
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
@@ -356,7 +361,7 @@ def make_searcher(spec: SweepSpec, seed_offset: int = 0):
     # The study is created or continued (load_if_exists): a re-run picks up where it stopped.
     return PruningOptunaSearch(metric=spec.search.tune_metric, mode=spec.search.mode, sampler=sampler,
                                study_name=spec.search.study_name or spec.name,
-                               storage=open_storage(spec.study_storage))
+                               storage=open_storage(spec.study_storage), spec=spec)
 
 
 def make_scheduler(spec: SweepSpec, max_epochs: int, board=None):
@@ -381,37 +386,10 @@ def make_scheduler(spec: SweepSpec, max_epochs: int, board=None):
 
 
 def make_progress_callback(spec: SweepSpec):
-    from ray import tune
+    """The one progress display (rich on a terminal, a line per trial elsewhere) + heartbeat."""
+    from git_ray.sweep.progress import SweepProgress
 
-    axes = list(spec.grid) + (list(spec.search.space) if spec.search else [])
-
-    class TrialLines(tune.Callback):
-        """One line per finished or failed trial: its key config and balanced accuracy."""
-
-        def _label(self, trial) -> str:
-            parts = []
-            for k in axes:
-                v = trial.config.get(k)
-                if isinstance(v, dict):
-                    v = "/".join(str(x) for x in v.values())
-                elif isinstance(v, float):
-                    v = f"{v:.4g}"
-                parts.append(f"{k}={v}")
-            return ", ".join(parts) or trial.trial_id
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            r = trial.last_result or {}
-            if "test_balanced_accuracy" in r:
-                how = "already in results" if r.get("skipped") else f"{r.get('train_seconds', 0):.1f}s"
-                print(f"[git-ray] finished {self._label(trial)}: balanced accuracy "
-                      f"{r['test_balanced_accuracy']:.3f}, eKLD tail {r['ekld_tail']:.4f} ({how})", flush=True)
-            else:
-                print(f"[git-ray] stopped early {self._label(trial)} at epoch {r.get('epoch', '?')}", flush=True)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"[git-ray] FAILED {self._label(trial)}: see the failed/ table", flush=True)
-
-    return TrialLines()
+    return SweepProgress(spec, verbose=spec.verbose > 0)
 
 
 def write_sweep_metadata(spec: SweepSpec, argv: list[str]) -> None:
@@ -419,8 +397,7 @@ def write_sweep_metadata(spec: SweepSpec, argv: list[str]) -> None:
     import ray
     import torch
 
-    storage.write_bytes(storage.join(spec.root, "sweep.yaml"),
-                        yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).encode())
+    storage.write_bytes(storage.join(spec.root, "sweep.yaml"), spec.to_yaml())
     env = {"git_ray": __version__, "torch": torch.__version__, "ray": ray.__version__,
            "pyarrow": pyarrow.__version__, "python": platform.python_version(),
            "platform": platform.platform(), "cuda": torch.version.cuda,
@@ -433,22 +410,47 @@ def write_sweep_metadata(spec: SweepSpec, argv: list[str]) -> None:
     storage.write_bytes(storage.join(spec.root, "environment.json"), json.dumps(env, indent=2).encode())
 
 
-def init_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Start or join Ray; True when this call started it (so the driver shuts it down)."""
+def init_ray(address: str | None, num_cpus: int | None, asked: dict[str, float] | None = None,
+             verbose: int = 0) -> bool:
+    """Start a local Ray or join `address`; for a cluster, check that one trial's `asked`
+    resources fit one of its nodes (or a node type its autoscaler may start) before any work.
+    True when this call started Ray (so the driver shuts it down)."""
     import ray
 
+    from git_ray.sweep.progress import quiet_ray
+
+    # Tune's newer console output prints its experiment box even at verbose 0; its older
+    # reporter at verbose 0 prints nothing, leaving the screen to git_ray's progress display.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose else "0")
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    quiet_ray()
     kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     if address:
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, TimeoutError, ValueError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"--address {address}: no Ray cluster to join ({first}); start one "
+                              f"(`ray start --head`, or `ray up cluster.yaml`), or leave --address "
+                              f"out to run a local Ray on this machine") from None
+        if asked is not None:
+            from git_ray.sweep.resources import autoscaler_node_types, check_trials_fit, running_cluster
+
+            try:
+                check_trials_fit(asked, running_cluster(), where="this Ray cluster",
+                                 node_types=autoscaler_node_types())
+            except ConfigError:
+                ray.shutdown()  # we only joined: the cluster itself stays up
+                raise
     else:  # a fresh local Ray, never some other Ray that happens to run on this machine
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
     return True
 
 
-def pretrain_generators(spec: SweepSpec) -> None:
+def pretrain_generators(spec: SweepSpec, beat: Callable[[], None] | None = None) -> None:
+    """Phase 0: every distinct generator as a Ray task; `beat` (the driver's heartbeat) is
+    called every few seconds while they train, so `git-ray status` sees the driver alive."""
     import ray
 
     from git_ray.trial import default_generator_cache
@@ -462,8 +464,15 @@ def pretrain_generators(spec: SweepSpec) -> None:
     cache = default_generator_cache(spec.storage)
     start = time.perf_counter()
     base_dir = os.getcwd()
-    ray.get([task.remote(local_paths_absolute(cfg, base_dir).model_dump_json(), cache, res, spec.lease_s)
-             for cfg in todo])
+    refs = [task.remote(local_paths_absolute(cfg, base_dir).model_dump_json(), cache, res, spec.lease_s,
+                        spec.verbose > 0)
+            for cfg in todo]
+    waiting = list(refs)
+    while waiting:
+        if beat is not None:
+            beat()
+        _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=5.0)
+    ray.get(refs)  # raises a task's error, if any
     print(f"[git-ray] phase 0 done in {time.perf_counter() - start:.1f}s", flush=True)
 
 
@@ -588,7 +597,7 @@ def _run_leased(spec: SweepSpec, *, resume: bool, address: str | None, num_cpus:
     import ray
 
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C: KeyboardInterrupt, ours to handle
-    started_ray = init_ray(address, num_cpus)
+    started_ray = init_ray(address, num_cpus, spec.resources_per_trial.model_dump(), spec.verbose)
     failed_ids: set[str] = set()
     actors = []
     try:
@@ -598,8 +607,11 @@ def _run_leased(spec: SweepSpec, *, resume: bool, address: str | None, num_cpus:
         if spec.search and spec.search.scheduler == "asha":
             board = ray.remote(num_cpus=0)(StopBoard).options(name=STOP_ACTOR, get_if_exists=True).remote()
             actors.append(board)
-        pretrain_generators(spec)
-        grid = make_tuner(spec, todo, remaining, board, extra_callbacks, seed_offset=before.study_trials).fit()
+        progress = make_progress_callback(spec)
+        progress.total, progress.counts["already"] = before.planned, before.counted  # the reconciliation's
+        pretrain_generators(spec, beat=lambda: progress.write_heartbeat(phase="generators"))
+        grid = make_tuner(spec, todo, remaining, board, extra_callbacks, progress,
+                          seed_offset=before.study_trials).fit()
         for r in grid:
             if r.error is not None:
                 cfg = spec.trial_config(_params(r.config))
@@ -639,7 +651,7 @@ def _quiet() -> Iterator[None]:
 
 
 def make_tuner(spec: SweepSpec, todo: list[dict[str, Any]] | None, remaining: int, board,
-               extra_callbacks: list | None, seed_offset: int = 0):
+               extra_callbacks: list | None, progress, seed_offset: int = 0):
     """A fresh Tuner for exactly the trials still to run: the missing points of a grid or random
     search, or `remaining` more samples of an Optuna search (its study continues)."""
     from ray import tune
@@ -671,7 +683,7 @@ def make_tuner(spec: SweepSpec, todo: list[dict[str, Any]] | None, remaining: in
             storage_path=storage.join(spec.root, TUNE_DIR), verbose=spec.verbose,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[make_progress_callback(spec), *tune_loggers, *(extra_callbacks or [])]),
+            callbacks=[progress, *tune_loggers, *(extra_callbacks or [])]),
     )
 
 
@@ -684,7 +696,10 @@ def is_disk_full(err: BaseException) -> bool:
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    spec = load_sweep(args.sweep, storage=args.storage, max_concurrent=args.max_concurrent)
+    spec = getattr(args, "spec", None) or load_sweep(args.sweep, storage=args.storage,
+                                                      max_concurrent=args.max_concurrent)
+    if getattr(args, "verbose", False):  # Ray Tune's own tables back, plain lines from us
+        spec = spec.model_copy(update={"verbose": max(spec.verbose, 2)})
     print(f"[git-ray] sweep {spec.name!r}: {spec.num_trials()} trial(s), "
           f"{spec.resources_per_trial.cpu:g} CPU / {spec.resources_per_trial.gpu:g} GPU each, "
           f"results in {spec.root}", flush=True)
