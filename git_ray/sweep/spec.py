@@ -97,6 +97,9 @@ class SweepSpec(Strict):
     # Seconds between the epoch rows a trial sends to Tune (0: every epoch). A scheduler (ASHA)
     # always gets every epoch; the epochs table in the results always has every epoch.
     progress_every_s: float = Field(10.0, ge=0.0)
+    # Seconds without a heartbeat after which a lease (the sweep's driver, a generator's lock) is
+    # taken over: its holder renews it every lease_s / 4 s while alive.
+    lease_s: float = Field(60.0, gt=0.0)
 
     @field_validator("grid")
     @classmethod
