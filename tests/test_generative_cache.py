@@ -58,6 +58,14 @@ def test_first_request_trains_second_loads(tmp_path, train_calls) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["generator.pt", "meta.json", "samples.png"]
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["steps"] == 3 and meta["config"]["dim"] == TINY["dim"] and meta["seconds"] > 0
+    # The quality check rides along: label agreement and the background's coverage, in [0, 1].
+    q = meta["quality"]
+    assert 0 <= q["label_agreement"] <= 1 and 0 <= q["coverage_distance"] and 0 <= q["coverage_reach"] <= 1
+    assert q["passed"] == (q["label_agreement"] >= 0.9 and q["coverage_distance"] <= 0.15)
+    assert meta["coverage"]["n_sources"] > 0 and meta["coverage"]["true_high"] > meta["coverage"]["true_low"]
+    assert gcache.read_generator_meta(data, CFG, cache=cache) == meta
+    assert gcache.read_generator_meta(data, CFG.model_copy(update={"seed": 77}), cache=cache) is None
+    assert "label agreement" in gcache.quality_line(q) and "coverage distance" in gcache.quality_line(q)
     assert (folder / "samples.png").read_bytes().startswith(b"\x89PNG")
 
     second = get_generator(data, CFG, cache=cache, device="cpu", log=logs.append)

@@ -16,7 +16,8 @@ TINY = dict(dim=4, style_dim=2, n_res=1, mlp_dim=8, n_downsample=1, batch_size=2
 
 @dataclass
 class TinyData:
-    """The LongTailData fields MUNIT training reads, made in the test."""
+    """The LongTailData fields MUNIT training and the cache's quality check read, made in the test.
+    The held-out sets are the training set itself (enough for the judge to run)."""
     x_train: torch.Tensor
     y_train: torch.Tensor
     class_counts: torch.Tensor
@@ -24,6 +25,15 @@ class TinyData:
     channels: int
     image_size: int
     fingerprint: str
+    x_train_clean: torch.Tensor | None = None
+    nuisance: str = "background"
+    nuisance_strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.x_train_clean is None:  # the bars alone: everything darker than ink is background
+            self.x_train_clean = torch.where(self.x_train >= 1.0, self.x_train, torch.zeros_like(self.x_train))
+        self.x_val, self.y_val = self.x_train, self.y_train
+        self.x_test, self.y_test, self.x_test_clean = self.x_train, self.y_train, self.x_train_clean
 
 
 def tiny_data(channels: int = 1, size: int = 8, counts: tuple[int, ...] = (12, 4, 1)) -> TinyData:

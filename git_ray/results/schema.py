@@ -82,8 +82,11 @@ TRIAL_METRICS: tuple[str, ...] = (
     "ekld_mean", "ekld_head", "ekld_tail", "ekld_size_spearman",
 )
 
+# The GIT generator's quality check (git_ray.generative.quality): null for trials without GIT.
+GENERATOR_COLUMNS: tuple[str, ...] = ("generator_coverage", "generator_label_agreement")
+
 TRIALS = pa.schema(
-    [_ID, *CONFIG_FIELDS, *_f64(*TRIAL_METRICS, "train_seconds"),
+    [_ID, *CONFIG_FIELDS, *_f64(*TRIAL_METRICS, "train_seconds", *GENERATOR_COLUMNS),
      pa.field("device", pa.string()),
      pa.field("status", pa.string(), nullable=False),
      pa.field("git_ray_version", pa.string(), nullable=False),
