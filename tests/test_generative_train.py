@@ -90,6 +90,28 @@ def test_same_seed_same_model_other_seed_differs() -> None:
     assert not all(torch.equal(p, q) for p, q in zip(params(a), params(c)))
 
 
+def test_style_weight_none_is_the_papers_one_and_scales_the_style_loss(monkeypatch) -> None:
+    data = tiny_data()
+    paper = train_munit(data, GeneratorConfig(steps=2, **TINY), log=lambda m: None)
+    one = train_munit(data, GeneratorConfig(steps=2, style_weight=1.0, **TINY), log=lambda m: None)
+    assert all(torch.equal(p, q) for p, q in zip(params(paper), params(one)))
+    # The generator loss carries w_style x the style term: same draws, only the weight differs.
+    import git_ray.generative.train as T
+    seen: list[tuple[float, float, float]] = []
+    orig = T.munit_step
+
+    def spy(*a, **kw):
+        out = orig(*a, **kw)
+        rest = T.W_ADV * out["adv"] + T.W_IMAGE * out["image"] + T.W_CONTENT * out["content"]
+        seen.append((kw["w_style"], float(out["style"]), float(out["g"] - rest)))
+        return out
+
+    monkeypatch.setattr(T, "munit_step", spy)
+    train_munit(data, GeneratorConfig(steps=1, style_weight=7.0, **TINY), log=lambda m: None)
+    w, style, weighted = seen[0]
+    assert w == 7.0 and weighted == pytest.approx(7.0 * style, rel=1e-4)
+
+
 class Interrupt(Exception):
     pass
 

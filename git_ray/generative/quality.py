@@ -36,6 +36,7 @@ from git_ray.registry import NUISANCES
 MIN_LABEL_AGREEMENT = 0.9
 MAX_COVERAGE_DISTANCE = 0.15
 JUDGE_PER_CLASS = 100  # judge images per class from each held-out set: bounds its cost on K49 sizes
+JUDGE_IMAGE_STEPS = 60_000  # at most this many training images seen (epochs x set size), >= 3 epochs
 
 
 class JudgeCNN(nn.Module):
@@ -99,8 +100,10 @@ def fit_judge(data: Any, *, device: torch.device | str, seed: int, epochs: int =
               per_class: int = JUDGE_PER_CLASS) -> JudgeCNN:
     """The judge: a JudgeCNN on the held-out balanced images (val and test with their nuisance,
     plus the clean test images), so it knows the nuisance's whole range; at most `per_class`
-    images a class from each of the three."""
+    images a class from each of the three, and fewer epochs where that makes many images."""
     iv, it = first_per_class(data.y_val, per_class), first_per_class(data.y_test, per_class)
+    n = len(iv) + 2 * len(it)
+    epochs = max(min(3, epochs), min(epochs, JUDGE_IMAGE_STEPS // max(n, 1)))  # 49 classes: 4 epochs
     return train_judge(torch.cat([data.x_val[iv], data.x_test[it], data.x_test_clean[it]]),
                        torch.cat([data.y_val[iv], data.y_test[it], data.y_test[it]]), data.num_classes,
                        epochs=epochs, seed=seed, device=torch.device(device))
