@@ -1,4 +1,4 @@
-"""The `git-ray` command: train, sweep, analyze, generator.
+"""The `git-ray` command: train, sweep, analyze, generator, verify.
 
 Each subcommand validates its input before any work starts. A user mistake (bad config, missing
 data folder, empty results folder) ends with a one-paragraph message and exit status 2, never a
@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   git-ray sweep sweeps/quickstart.yaml --resume
   git-ray analyze results/quickstart
   git-ray generator configs/digits_git.yaml --out results/gen
+  git-ray verify results/quickstart --repair
 """
 
 
@@ -69,6 +70,19 @@ def _parser() -> argparse.ArgumentParser:
                                                 "from the config, else results/generators)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     g.add_argument("--device", default=None, help="cpu or cuda[:N]")
+
+    v = sub.add_parser("verify", help="read every file of a sweep and its generators; --repair quarantines the bad ones",
+                       description="Read every results file of a sweep (trials, per_class, epochs, failed) and "
+                                   "every file of its generator cache; report unreadable files, orphans, leftovers "
+                                   "of interrupted writes, schema mismatches and misplaced generators. Exit 0 when "
+                                   "clean, 1 when problems were found (also with --repair).")
+    v.add_argument("results", help="a sweep's results folder: <storage>/<sweep name> (local or s3://)")
+    v.add_argument("--repair", action="store_true",
+                   help="move the bad files into <sweep>/quarantine/ (generators: <generators>/quarantine/), "
+                        "never deleting them, so that the next run redoes those trials")
+    v.add_argument("--generators", default=None,
+                   help="the generator cache to check (default: from the sweep's sweep.yaml, else a "
+                        "generators/ folder in or beside the results)")
     return p
 
 
@@ -131,7 +145,18 @@ def cmd_generator(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "analyze": cmd_analyze, "generator": cmd_generator}
+def cmd_verify(args: argparse.Namespace) -> int:
+    from git_ray.results.verify import format_report, repair, verify
+
+    report = verify(args.results, args.generators)
+    if args.repair and not report.clean:
+        repair(report)
+    print(format_report(report))
+    return 0 if report.clean else 1
+
+
+COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "analyze": cmd_analyze, "generator": cmd_generator,
+            "verify": cmd_verify}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -259,8 +259,8 @@ def test_html_is_one_file_embedding_every_figure_and_table(report):
     for name, src in page.imgs.items():
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]) == report.figures[name]
-    assert page.tables == len(report.display) == 4
-    assert {"Summary", "Effect of GIT", "Effect of the oracle", "The tail", "Figures"} <= set(page.h2)
+    assert page.tables == len(report.display) == 5
+    assert {"The paper's claims", "Summary", "Effect of GIT", "Effect of the oracle", "The tail", "Figures"} <= set(page.h2)
 
 
 def test_text_report_and_notes(report):

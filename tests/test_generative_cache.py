@@ -157,3 +157,69 @@ def test_remote_cache_without_lock_warns(monkeypatch, tmp_path) -> None:
     assert logs and "warning" in logs[0]
     local = gcache._lock_for(str(tmp_path), "abc", None, logs.append)
     assert not isinstance(local, contextlib.nullcontext)
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged or misplaced files are set aside (never deleted) and the generator trained again
+
+
+def _truncate(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def test_a_truncated_generator_is_quarantined_and_retrained(tmp_path, train_calls) -> None:
+    data = tiny_data()
+    cache = str(tmp_path / "gens")
+    get_generator(data, CFG, cache=cache, device="cpu", log=quiet)
+    paths = generator_paths(cache, generator_fingerprint(data.fingerprint, CFG))
+    gen = tmp_path / "gens" / paths["fingerprint"] / "generator.pt"
+    _truncate(gen)
+    damaged = gen.read_bytes()
+    logs: list[str] = []
+    again = get_generator(data, CFG, cache=cache, device="cpu", log=logs.append)  # no exception
+    assert len(train_calls) == 2
+    assert any("warning" in m and "cannot be read" in m and "quarantine" in m for m in logs)
+    kept = tmp_path / "gens" / "quarantine" / paths["fingerprint"] / "generator.pt"
+    assert kept.read_bytes() == damaged  # moved aside, not deleted
+    reloaded = get_generator(data, CFG, cache=cache, device="cpu", log=quiet)
+    assert len(train_calls) == 2  # the new file is whole: loaded, not trained
+    assert all(torch.equal(p, q) for p, q in zip(params(again), params(reloaded)))
+    assert gcache.inspect_entry(cache, paths["fingerprint"]) == []
+
+
+def test_a_generator_of_another_config_at_this_place_is_quarantined(tmp_path, train_calls) -> None:
+    data = tiny_data()
+    cache = str(tmp_path / "gens")
+    other = CFG.model_copy(update={"seed": 5})
+    get_generator(data, other, cache=cache, device="cpu", log=quiet)
+    here = generator_paths(cache, generator_fingerprint(data.fingerprint, CFG))
+    there = generator_paths(cache, generator_fingerprint(data.fingerprint, other))
+    (tmp_path / "gens" / here["fingerprint"]).mkdir()
+    wrong = (tmp_path / "gens" / there["fingerprint"] / "generator.pt").read_bytes()
+    (tmp_path / "gens" / here["fingerprint"] / "generator.pt").write_bytes(wrong)
+    problems = gcache.inspect_entry(cache, here["fingerprint"])
+    assert [p for p, _ in problems] == [here["checkpoint"]] and "records fingerprint" in problems[0][1]
+    logs: list[str] = []
+    get_generator(data, CFG, cache=cache, device="cpu", log=logs.append)
+    assert len(train_calls) == 2 and any("records fingerprint" in m for m in logs)
+    assert (tmp_path / "gens" / "quarantine" / here["fingerprint"] / "generator.pt").read_bytes() == wrong
+    assert gcache.inspect_entry(cache, here["fingerprint"]) == []
+
+
+def test_a_truncated_training_checkpoint_restarts_training_from_zero(tmp_path) -> None:
+    data = tiny_data()
+    cache = str(tmp_path / "gens")
+    paths = generator_paths(cache, generator_fingerprint(data.fingerprint, CFG))
+    # An interrupted training left a checkpoint, then a crash mid-write truncated it.
+    train_munit(data, CFG.model_copy(update={"steps": 2}), checkpoint_path=paths["training_checkpoint"],
+                log=quiet)
+    ck = tmp_path / "gens" / paths["fingerprint"] / "checkpoint.pt"
+    _truncate(ck)
+    assert "cannot be read" in gcache.inspect_entry(cache, paths["fingerprint"])[0][1]
+    logs: list[str] = []
+    get_generator(data, CFG, cache=cache, device="cpu", log=logs.append)
+    assert any("step 0" in m and "checkpoint.pt" in m for m in logs)
+    assert not any("resuming" in m for m in logs)
+    assert (tmp_path / "gens" / "quarantine" / paths["fingerprint"] / "checkpoint.pt").exists()
+    assert (tmp_path / "gens" / paths["fingerprint"] / "generator.pt").exists() and not ck.exists()

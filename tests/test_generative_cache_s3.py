@@ -10,7 +10,8 @@ import torch
 
 from git_ray.config import GeneratorConfig
 from git_ray.generative import cache as gcache
-from git_ray.generative import generator_fingerprint, generator_paths, get_generator, storage
+from git_ray import storage
+from git_ray.generative import generator_fingerprint, generator_paths, get_generator
 from git_ray.generative.train import train_munit
 from test_generative_train import TINY, params, tiny_data
 

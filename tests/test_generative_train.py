@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from git_ray.config import GeneratorConfig
-from git_ray.generative import storage
+from git_ray import storage
 from git_ray.generative.samples import grid_to_png, sample_grid, sample_grid_png
 from git_ray.generative.train import BalancedSampler, load_checkpoint, lr_at, train_munit
 

@@ -142,16 +142,17 @@ def test_writing_the_same_trial_twice_leaves_one_row(tmp_path):
 def test_a_write_failing_midway_leaves_no_files(tmp_path, monkeypatch):
     real, calls = store._write_parquet, []
 
-    def flaky(table, path, fs):
+    def flaky(data, path, fs):
         calls.append(path)
         if len(calls) == 2:
-            raise OSError("disk full")
-        real(table, path, fs)
+            raise OSError("device gone")
+        real(data, path, fs)
 
     monkeypatch.setattr(store, "_write_parquet", flaky)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match="device gone"):
         write_trial(str(tmp_path), make_result(make_cfg()))
-    assert len(calls) == 2 and os.path.basename(calls[0]).startswith(".tmp-")
+    # Staged outside the table folders, and nothing left anywhere.
+    assert len(calls) == 2 and os.path.dirname(calls[0]) == str(tmp_path / "_staging")
     assert all_files(tmp_path) == []
 
 
@@ -304,3 +305,96 @@ def test_s3_round_trip_with_endpoint_from_environment(monkeypatch):
         assert loaded["trials"]["sweep"].tolist() == ["demo"] and len(loaded["per_class"]) == 10
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Staging, full disks, and what counts as a finished trial
+
+
+def test_readers_never_see_a_staged_file(tmp_path, monkeypatch):
+    """Mid-write (every file staged, none renamed yet) the table globs of DuckDB, pyarrow and
+    pandas see nothing: the staging folder is outside them."""
+    duckdb = pytest.importorskip("duckdb")
+    write_trial(str(tmp_path), make_result(make_cfg(seed=1), seed=1))  # one finished trial
+    seen: list[tuple[int, int, int, list[str]]] = []
+    real = os.replace
+
+    def look_then_rename(src, dst):
+        if not seen:
+            staged = sorted(os.listdir(tmp_path / "_staging"))
+            n_duck = duckdb.connect().execute(f"select count(*) from read_parquet('{tmp_path}/per_class/**/*.parquet', "
+                                "hive_partitioning=true)").fetchone()[0]
+            seen.append((n_duck, len(pd.read_parquet(tmp_path / "per_class")),
+                         len(read_table(str(tmp_path), "trials")), staged))
+        real(src, dst)
+
+    monkeypatch.setattr(store.os, "replace", look_then_rename)
+    write_trial(str(tmp_path), make_result(make_cfg(seed=2), seed=2))
+    n_duck, n_pd, n_trials, staged = seen[0]
+    assert (n_duck, n_pd, n_trials) == (10, 10, 1)  # only the finished trial's rows
+    assert len(staged) == 3 and all(n.endswith(".part") for n in staged)
+    assert os.listdir(tmp_path / "_staging") == []  # all renamed into place
+    assert len(read_table(str(tmp_path), "per_class")) == 20
+
+
+def test_a_full_disk_is_named_and_leaves_no_staging_file(tmp_path, monkeypatch):
+    import errno
+
+    from git_ray import storage
+
+    real, calls = os.fsync, []
+
+    def full(fd):  # the bytes were written; the device refuses them on flush
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(storage.os, "fsync", full)
+    with pytest.raises(storage.StorageFullError) as err:
+        write_trial(str(tmp_path), make_result(make_cfg()))
+    msg = str(err.value)
+    assert err.value.errno == errno.ENOSPC and "no space left on the device" in msg
+    assert "_staging" in msg and "partial file was removed" in msg
+    assert all_files(tmp_path) == []  # nor in _staging/
+
+
+def test_stale_staging_files_are_removed_by_the_next_writer(tmp_path, monkeypatch):
+    stage = tmp_path / "_staging"
+    stage.mkdir()
+    old, fresh = stage / "told.trials.aaaa.part", stage / "tnew.trials.bbbb.part"
+    old.write_bytes(b"killed mid-write")
+    fresh.write_bytes(b"being written by a live trial")
+    hour_ago = os.path.getmtime(old) - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    monkeypatch.setattr(store, "_cleaned", set())  # a new process
+    write_trial(str(tmp_path), make_result(make_cfg()))
+    assert sorted(os.listdir(stage)) == [fresh.name]
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("table", ["trials", "per_class", "epochs"])
+def test_a_truncated_or_missing_file_makes_the_trial_unfinished(tmp_path, table):
+    ok, bad = make_result(make_cfg(seed=0)), make_result(make_cfg(seed=1), seed=1)
+    for r in (ok, bad):
+        write_trial(str(tmp_path), r)
+    assert store.complete_trial_ids(str(tmp_path)) == {ok.trial_id, bad.trial_id}
+    path = next((tmp_path / table).rglob(f"{bad.trial_id}.parquet"))
+    _truncate(path)
+    assert store.complete_trial_ids(str(tmp_path)) == {ok.trial_id}
+    assert store.finished_trial_ids(str(tmp_path)) == {ok.trial_id}
+    assert not store.trial_files_readable(str(tmp_path), bad.trial_id) and not trial_exists(str(tmp_path), bad.trial_id)
+    assert store.trial_files_readable(str(tmp_path), ok.trial_id)
+    with pytest.warns(UserWarning, match=rf"{path.name} cannot be read.*verify .* --repair"):
+        assert read_trial(str(tmp_path), bad.trial_id) is None
+    assert read_trial(str(tmp_path), ok.trial_id) is not None
+    assert list(store.unreadable_files(str(tmp_path), table)) == [str(path)]
+    path.unlink()  # a missing file counts the same
+    assert store.complete_trial_ids(str(tmp_path)) == {ok.trial_id}
+    write_trial(str(tmp_path), bad)  # the re-run replaces the bad files
+    assert store.complete_trial_ids(str(tmp_path)) == {ok.trial_id, bad.trial_id}
+    assert read_trial(str(tmp_path), bad.trial_id)["trial"]["accuracy"] == bad.trial["accuracy"]

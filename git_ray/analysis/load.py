@@ -28,6 +28,29 @@ class MixedSchemaWarning(UserWarning):
     """Some results files were written with another schema; their missing columns read as NaN."""
 
 
+class UnreadableFileWarning(UserWarning):
+    """A results file cannot be read (truncated); it was skipped."""
+
+
+def _warn_unreadable(sweep: Sweep, path: str, err: Exception) -> None:
+    warnings.warn(f"{path}: cannot be read ({type(err).__name__}: {err}); skipped it. "
+                  f"`git-ray verify {sweep.root} --repair` moves it aside, and the sweep's next run "
+                  "redoes its trial", UnreadableFileWarning, stacklevel=4)
+
+
+def _without_unreadable(sweep: Sweep, name: str, d):
+    """The dataset minus the files whose footer cannot be read (each named in a warning).
+    Reading the footers is what `_check_schemas` does next anyway (pyarrow keeps them)."""
+    bad = []
+    for frag in d.get_fragments():
+        try:
+            frag.physical_schema
+        except (pa.ArrowInvalid, OSError) as err:
+            _warn_unreadable(sweep, frag.path, err)
+            bad.append(frag.path)
+    return dataset(sweep.root, name, exclude=bad) if bad else d
+
+
 @dataclass(frozen=True)
 class Sweep:
     """One results folder: its display name and its location (a local path or a URI)."""
@@ -96,7 +119,11 @@ def _read_file_by_file(sweep: Sweep, name: str, d, err: Exception) -> pd.DataFra
     schema = SCHEMAS[name]
     frames, skipped = [], []
     for frag in d.get_fragments():
-        t = pq.read_table(frag.path, filesystem=d.filesystem)
+        try:
+            t = pq.read_table(frag.path, filesystem=d.filesystem)
+        except (pa.ArrowInvalid, OSError) as read_err:  # damaged past its footer
+            _warn_unreadable(sweep, frag.path, read_err)
+            continue
         parts = {k: urllib.parse.unquote(v) for k, v in (p.split("=", 1) for p in frag.path.split("/") if "=" in p)}
         cols = []
         try:
@@ -125,6 +152,10 @@ def read_sweep(sweep: Sweep, tables: Iterable[str] = TABLES) -> dict[str, pd.Dat
         if d is None:
             out[name] = empty_frame(name)
             continue
+        d = _without_unreadable(sweep, name, d)
+        if d is None:
+            out[name] = empty_frame(name)
+            continue
         _check_schemas(sweep, name, d)
         try:
             out[name] = d.to_table().to_pandas()
@@ -148,7 +179,8 @@ def load(path_or_paths: str | Sequence[str], tables: Iterable[str] = TABLES) -> 
     """Every sweep's tables under the given paths, concatenated, with a `sweep` column.
 
     Raises ConfigError when a path holds no results. Reads what has finished so far on a running
-    sweep (temporary `.tmp-` files are invisible to the reader).
+    sweep (writes in progress are staged in `_staging/`, outside the tables). A file that cannot
+    be read is skipped with an UnreadableFileWarning naming it and `git-ray verify DIR --repair`.
     """
     tables = tuple(tables)
     sweeps = find_sweeps(path_or_paths)

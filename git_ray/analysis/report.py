@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -21,6 +22,9 @@ import pandas as pd
 import git_ray
 from git_ray import storage
 from git_ray.analysis import figures as F
+from git_ray.analysis.claims import (
+    EFFECT_COLUMN, FAILS, HOLDS, MISSING, claims_markdown, claims_table, display_claims, findings,
+)
 from git_ray.analysis.load import Sweep, find_sweeps, load
 from git_ray.analysis.search import fig_study, find_study
 from git_ray.analysis.tables import (
@@ -33,6 +37,9 @@ PRINT_METRICS = ("balanced_accuracy", "few_accuracy", "tail_accuracy", "ekld_mea
                  "ekld_head", "ekld_size_spearman")
 
 CAPTIONS = {
+    "claims": "The paper's claims (METHOD.md, 'What the paper reports') per nuisance: the effect in these "
+              "results with a bootstrap 95% interval over seeds and instances (n units: trials, or pairs of "
+              "trials that differ only in GIT / oracle), and a verdict.",
     "summary": "Metrics per configuration: mean ± std over seeds and dataset instances (n_trials runs each).",
     "git_effect": "GIT minus no-GIT for the same configuration (seeds averaged on both sides). "
                   "Negative Δ eKLD = more invariant with GIT; positive Δ accuracy = better with GIT.",
@@ -60,6 +67,7 @@ class Report:
     figures: dict[str, bytes] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    findings: str = ""
     out: str | None = None
 
     @property
@@ -98,6 +106,10 @@ def analyze(paths: str | Sequence[str], out: str | None = None, *, dpi: int = 11
                  counts={"trials": len(trials), "per_class": len(per_class), "epochs": len(data["epochs"]),
                          "failed": len(data["failed"])})
 
+    # The claims come first: the table at the top of the report, the first lines printed.
+    rep.tables["claims"] = claims_table(trials)
+    rep.display["claims"] = display_claims(rep.tables["claims"])
+    rep.findings = findings(rep.tables["claims"], trials)
     rep.tables["summary"] = summary_table(trials, keys)
     rep.display["summary"] = display_summary(rep.tables["summary"], keys or ["group"])
     for name, flag in (("git_effect", "augment_git"), ("oracle_effect", "augment_oracle")):
@@ -137,8 +149,9 @@ def analyze(paths: str | Sequence[str], out: str | None = None, *, dpi: int = 11
 
 def _write(rep: Report, out: str) -> None:
     for name, df in rep.tables.items():
+        md = claims_markdown(df) if name == "claims" else to_markdown(rep.display[name])
         storage.write_bytes(storage.join(out, f"{name}.csv"), df.to_csv(index=False).encode())
-        storage.write_bytes(storage.join(out, f"{name}.md"), to_markdown(rep.display[name]).encode())
+        storage.write_bytes(storage.join(out, f"{name}.md"), md.encode())
         rep.files += [f"{name}.csv", f"{name}.md"]
     for name, png in rep.figures.items():
         storage.write_bytes(storage.join(out, f"fig_{name}.png"), png)
@@ -170,6 +183,10 @@ def report_text(rep: Report) -> str:
              f"{c['failed']} failed",
              "grouped by: " + (", ".join(rep.group_keys) or "(nothing varies: one group)")
              + (f"; averaged over: {', '.join(rep.averaged)}" if rep.averaged else "")]
+    if rep.findings:
+        lines += ["", "Findings: " + rep.findings]
+    if "claims" in rep.display:
+        lines += ["", "The paper's claims (effect [bootstrap 95% interval] (n units), verdict):", claims_text(rep)]
     with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_colwidth", 40):
         for name, title in (("summary", "Summary (mean ± std)"), ("git_effect", "GIT minus no-GIT"),
                             ("oracle_effect", "Oracle minus none")):
@@ -185,10 +202,25 @@ def report_text(rep: Report) -> str:
     return "\n".join(lines)
 
 
+def claims_text(rep: Report) -> str:
+    """The claims table for a terminal: a line per (claim, nuisance), its effects below, and the
+    reason where it does not hold or cannot be judged."""
+    lines = []
+    for r in rep.display["claims"].to_dict("records"):
+        lines.append(f"  ({r['claim']}) {r['nuisance']}: {r['verdict'].upper()}  {r['statement']}")
+        lines += [f"        {effect}" for effect in str(r[EFFECT_COLUMN]).split("; ") if effect != "-"]
+        if r["verdict"] != HOLDS:  # a claim that holds needs no explanation on a terminal
+            lines.append(f"        why: {r['reason']}")
+    return "\n".join(lines)
+
+
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:12px;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
-.cap{color:#555;font-size:13px}.notes li{font-size:13px}h2{border-bottom:1px solid #ddd;margin-top:1.6em}"""
+.cap{color:#555;font-size:13px}.notes li{font-size:13px}h2{border-bottom:1px solid #ddd;margin-top:1.6em}
+.scroll{max-width:100%;overflow-x:auto;margin:.5em 0 1.5em}.scroll table{margin:0}
+#claims td{text-align:left;max-width:32em;white-space:normal}.findings{font-size:15px;line-height:1.5}
+.v-holds{color:#176a2b;font-weight:600}.v-fails{color:#a3231b;font-weight:600}.v-missing{color:#8a6d00}"""
 
 
 def render_html(rep: Report) -> str:
@@ -197,19 +229,29 @@ def render_html(rep: Report) -> str:
     c = rep.counts
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>git-ray analysis: "
              f"{e(', '.join(s.name for s in rep.sweeps))}</title><style>{_CSS}</style></head><body>",
-             f"<h1>git-ray analysis: {e(', '.join(s.name for s in rep.sweeps))}</h1>",
-             f"<p>{c['trials']} finished trials, {c['per_class']} per-class rows, {c['epochs']} epoch rows, "
-             f"{c['failed']} failed. Grouped by <code>{e(', '.join(rep.group_keys) or '(one group)')}</code>"
-             + (f"; averaged over <code>{e(', '.join(rep.averaged))}</code>" if rep.averaged else "")
-             + f". Generated {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by git_ray {git_ray.__version__} "
-             f"from {e(', '.join(s.root for s in rep.sweeps))}.</p>"]
+             f"<h1>git-ray analysis: {e(', '.join(s.name for s in rep.sweeps))}</h1>"]
+    if rep.findings:  # the first paragraph: what the numbers say, in words
+        parts.append(f"<p class='findings'>{e(rep.findings)}</p>")
+    parts.append(
+        f"<p>{c['trials']} finished trials, {c['per_class']} per-class rows, {c['epochs']} epoch rows, "
+        f"{c['failed']} failed. Grouped by <code>{e(', '.join(rep.group_keys) or '(one group)')}</code>"
+        + (f"; averaged over <code>{e(', '.join(rep.averaged))}</code>" if rep.averaged else "")
+        + f". Generated {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by git_ray {git_ray.__version__} "
+        f"from {e(', '.join(s.root for s in rep.sweeps))}.</p>")
     if rep.notes:
         parts.append("<ul class='notes'>" + "".join(f"<li>{e(n)}</li>" for n in rep.notes) + "</ul>")
-    titles = {"summary": "Summary", "git_effect": "Effect of GIT", "oracle_effect": "Effect of the oracle",
-              "tail": "The tail", "failed": "Failed trials"}
+    titles = {"claims": "The paper's claims", "summary": "Summary", "git_effect": "Effect of GIT",
+              "oracle_effect": "Effect of the oracle", "tail": "The tail", "failed": "Failed trials"}
     for name, df in rep.display.items():
         parts.append(f"<h2>{e(titles.get(name, name))}</h2><p class='cap'>{e(caption(name))}</p>")
-        parts.append(df.to_html(index=False, border=0, na_rep="-", float_format=lambda v: f"{v:.4g}"))
+        table = df.to_html(index=False, border=0, na_rep="-", float_format=lambda v: f"{v:.4g}",
+                           table_id=name)
+        if name == "claims":  # colour the verdicts, a line per effect (to_html escapes; the text is ours)
+            for verdict, cls in ((HOLDS, "v-holds"), (FAILS, "v-fails"), (MISSING, "v-missing")):
+                table = table.replace(f"<td>{verdict}</td>", f"<td class='{cls}'>{verdict}</td>")
+            table = re.sub(r"\(n=(\d+)\); ", r"(n=\1)<br>", table)
+        # A wide table scrolls inside its box instead of widening the page.
+        parts.append(f"<div class='scroll'>{table}</div>")
     parts.append("<h2>Figures</h2>")
     for name, png in rep.figures.items():
         b64 = base64.b64encode(png).decode()

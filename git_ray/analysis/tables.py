@@ -17,7 +17,7 @@ from git_ray.results import CONFIG_COLUMNS, head_tail_mean
 REPLICATE_COLUMNS = ("seed", "dataset_instance", "dataset_split_seed", "generator_seed")
 # Where and how fast a trial ran, not what it computed.
 RUN_COLUMNS = ("dataset_root", "generator_cache", "train_device", "train_threads", "eval_batch_size",
-               "generator_checkpoint_every")
+               "eval_forward_batch", "generator_checkpoint_every")
 # Settings that only matter with GIT on (resp. the oracle on): a GIT run is compared with the
 # run without GIT whatever these say.
 GIT_ONLY = ("augment_gen_frac", "augment_git_start", "augment_style_scale", "augment_git_threshold",

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from git_ray.generative import storage
+from git_ray import storage
 from git_ray.generative.networks import Discriminator, Munit, build_munit
 from git_ray.generative.samples import sample_grid_png
 

@@ -7,13 +7,15 @@ from git_ray.results.schema import (
     CONFIG_COLUMNS, PARTITION_COLUMNS, SCHEMAS, TABLES, TRIAL_METRICS, UNIQUE_KEYS,
 )
 from git_ray.results.store import (
-    SchemaError, dataset, empty_frame, finished_trial_ids, read_table, read_trial, read_tables, resolve,
-    trial_exists, trial_file, write_failure, write_trial,
+    SchemaError, clean_staging, complete_trial_ids, dataset, empty_frame, finished_trial_ids, read_table,
+    read_trial, read_tables, resolve, trial_exists, trial_file, trial_files_readable, unreadable_files,
+    write_failure, write_trial,
 )
 
 __all__ = [
     "CONFIG_COLUMNS", "PARTITION_COLUMNS", "SCHEMAS", "TABLES", "TRIAL_METRICS", "UNIQUE_KEYS",
-    "SchemaError", "TrialResult", "build_result", "dataset", "empty_frame", "finished_trial_ids",
-    "head_tail_mean", "read_table", "read_tables", "read_trial", "resolve", "trial_exists", "trial_file",
-    "write_failure", "write_trial",
+    "SchemaError", "TrialResult", "build_result", "clean_staging", "complete_trial_ids", "dataset",
+    "empty_frame", "finished_trial_ids", "head_tail_mean", "read_table", "read_tables", "read_trial",
+    "resolve", "trial_exists", "trial_file", "trial_files_readable", "unreadable_files", "write_failure",
+    "write_trial",
 ]

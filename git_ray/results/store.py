@@ -5,12 +5,19 @@ Layout under a results root (a sweep's folder, or `git-ray train --out`):
     <root>/<table>/dataset_source=<s>/dataset_nuisance=<n>/<trial_id>.parquet
 
 one file per trial per table, so a retried or resumed trial overwrites its own files and never
-duplicates rows. A trial's files appear together or not at all:
-- local: every table goes to `.tmp-<trial_id>-<uuid>.parquet` beside its final name, then each is
-  `os.replace`d, trials last (a trials row means its per_class and epochs rows are there);
-  dataset discovery skips dot-names, so readers never see a half-written file.
+duplicates rows. A trial's files appear together or not at all, and no reader ever sees half a file:
+- local: every table is written (fsynced) to `<root>/_staging/`, outside the table folders, so
+  neither pyarrow, pandas, DuckDB nor polars globs (`trials/**/*.parquet`) can see it; then each is
+  `os.replace`d into place, trials last (a trials row means its per_class and epochs rows are there).
+  Staging files left by a killed writer are removed by the next write in another process once
+  they are STALE_STAGING_S old.
 - remote: each object is written once under its final name (one S3 PUT is atomic), trials last.
-Rows are validated against `git_ray.results.schema` before anything is written.
+Rows are validated against `git_ray.results.schema` before anything is written; every storage
+operation retries transient failures (see `git_ray.storage`).
+
+A trial counts as done only when its trials, per_class and epochs files are all there and
+readable (`complete_trial_ids`, `trial_files_readable`, `read_trial`): a truncated file makes
+the trial missing, so the sweep runs it again and its new files replace the bad ones.
 
 A URI's filesystem comes from `pyarrow.fs.FileSystem.from_uri`; for S3 the endpoint can be set
 with the `AWS_ENDPOINT_URL` environment variable (or `?endpoint_override=` in the URI).
@@ -22,6 +29,7 @@ import os
 import re
 import urllib.parse
 import uuid
+import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -160,50 +168,100 @@ def _validate(trial_id: str, tables: Mapping[str, Sequence[Mapping[str, Any]]]) 
 # ---------------------------------------------------------------------------------------------
 # Writing
 
+# A staging file untouched this long belongs to no live writer (a write renames its files
+# within milliseconds of finishing them); the next process that writes removes it.
+STALE_STAGING_S = 15 * 60
+_cleaned: set[str] = set()  # roots whose staging this process has already swept
 
-def _write_parquet(table: pa.Table, path: str, fs: pafs.FileSystem) -> None:
-    pq.write_table(table, path, filesystem=fs)
+
+def staging_dir(base: str) -> str:
+    """Where local writes under the results root `base` are staged before their rename."""
+    return f"{base}/{storage.STAGING}"
+
+
+def clean_staging(root: str, older_than_s: float = STALE_STAGING_S) -> list[str]:
+    """Remove stale leftovers of killed writes from `<root>/_staging/` (local roots only);
+    returns the removed paths. Safe while other trials write (see STALE_STAGING_S)."""
+    fs, base = resolve(root)
+    if not _is_local(fs):
+        return []
+    return storage.clean_staging(staging_dir(base), older_than_s)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    # Serialised in memory first (results files are small): the bytes can then be staged with a
+    # real errno on a full disk, and re-sent whole when a remote PUT is retried.
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _write_parquet(data: bytes, path: str, fs: pafs.FileSystem) -> None:
+    """One whole file: local paths get a plain fsynced write (the caller stages and renames),
+    remote ones a single PUT."""
+    if _is_local(fs):
+        storage.write_local_file(path, data)
+        return
+
+    def put() -> None:
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+    storage.call("write", path, put)
 
 
 def _delete(fs: pafs.FileSystem, path: str) -> None:
-    try:
-        fs.delete_file(path)
-    except (FileNotFoundError, OSError):
-        pass
+    def rm() -> None:
+        try:
+            fs.delete_file(path)
+        except FileNotFoundError:
+            pass
+
+    storage.call("delete", path, rm)
 
 
-def _write_files(fs: pafs.FileSystem, files: list[tuple[str, pa.Table]], trial_id: str) -> None:
+def _write_files(fs: pafs.FileSystem, base: str, files: list[tuple[str, pa.Table]], trial_id: str) -> None:
     """Write (final path, table) pairs in order so that they appear together or not at all."""
+    bodies = [(final, _parquet_bytes(table)) for final, table in files]
     if _is_local(fs):
+        stage = staging_dir(base)
+        if base not in _cleaned:
+            _cleaned.add(base)
+            clean_staging(base)
+        storage.call("create folder", stage, lambda: os.makedirs(stage, exist_ok=True))
         tmps: list[str] = []
         placed: list[str] = []
         try:
-            for final, table in files:
+            for final, data in bodies:
+                table = final[len(base):].strip("/").split("/", 1)[0]
+                tmps.append(f"{stage}/{trial_id}.{table}.{uuid.uuid4().hex[:12]}.part")
+                storage.call("write", final, lambda t=tmps[-1], d=data: _write_parquet(d, t, fs))
+            for tmp, (final, _) in zip(tmps, bodies):
                 folder = os.path.dirname(final)
-                os.makedirs(folder, exist_ok=True)
-                tmps.append(os.path.join(folder, f".tmp-{trial_id}-{uuid.uuid4().hex}.parquet"))
-                _write_parquet(table, tmps[-1], fs)
-            for tmp, (final, _) in zip(tmps, files):
-                os.replace(tmp, final)
+                storage.call("create folder", folder, lambda f=folder: os.makedirs(f, exist_ok=True))
+                storage.call("rename", final, lambda t=tmp, f=final: os.replace(t, f))
                 placed.append(final)
         except BaseException:
             for tmp in tmps:
                 if os.path.exists(tmp):
                     os.remove(tmp)
-            if len(placed) < len(files):  # the last (marking) file is missing: no orphans
+            if len(placed) < len(bodies):  # the last (marking) file is missing: no orphans
                 for final in placed:
                     _delete(fs, final)
             raise
         return
     written: list[str] = []
     try:
-        for final, table in files:
-            _write_parquet(table, final, fs)
+        for final, data in bodies:
+            _write_parquet(data, final, fs)
             written.append(final)
     except BaseException:
-        if len(written) < len(files):
+        if len(written) < len(bodies):
             for final in written:
-                _delete(fs, final)
+                try:
+                    _delete(fs, final)
+                except OSError:  # the storage is down: the orphans are reported by `git-ray verify`
+                    pass
         raise
 
 
@@ -211,7 +269,9 @@ def write_trial(root: str, result: TrialResult) -> None:
     """Write one finished trial's rows (trials, per_class, epochs) under `root`, atomically.
 
     Overwrites the trial's earlier files (a retry or resume), and removes its `failed/` record.
-    Raises SchemaError, having written nothing, when a row does not match the schema.
+    Raises SchemaError, having written nothing, when a row does not match the schema;
+    StorageFullError on a full disk, StorageUnavailableError when remote storage stays down for
+    the retry budget, having left no partial file either way.
     """
     if not isinstance(result, TrialResult):
         raise SchemaError(f"write_trial needs a TrialResult, got {type(result).__name__}")
@@ -220,7 +280,7 @@ def write_trial(root: str, result: TrialResult) -> None:
     fs, base = resolve(root)
     files = [(f"{_partition_dir(base, n, source, nuisance)}/{result.trial_id}.parquet", bodies[n])
              for n in _WRITE_ORDER]
-    _write_files(fs, files, result.trial_id)
+    _write_files(fs, base, files, result.trial_id)
     _delete(fs, f"{_partition_dir(base, 'failed', source, nuisance)}/{result.trial_id}.parquet")
 
 
@@ -230,7 +290,7 @@ def write_failure(root: str, trial_id: str, config: TrialConfig, error: str, att
     (source, nuisance), bodies = _validate(trial_id, {"failed": [row]})
     fs, base = resolve(root)
     final = f"{_partition_dir(base, 'failed', source, nuisance)}/{trial_id}.parquet"
-    _write_files(fs, [(final, bodies["failed"])], trial_id)
+    _write_files(fs, base, [(final, bodies["failed"])], trial_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,22 +299,38 @@ def write_failure(root: str, trial_id: str, config: TrialConfig, error: str, att
 
 def _files(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
     sel = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
-    return [f for f in fs.get_file_info(sel)
+    infos = storage.call("list", folder, lambda: fs.get_file_info(sel))
+    return [f for f in infos
             if f.type == pafs.FileType.File and f.base_name.endswith(".parquet")
             and not f.base_name.startswith((".", "_"))]
 
 
-def dataset(root: str, name: str) -> ds.Dataset | None:
+def dataset(root: str, name: str, exclude: Iterable[str] = ()) -> ds.Dataset | None:
     """The pyarrow dataset of one table with the canonical schema and pinned partitioning,
-    or None when the table has no files yet."""
+    or None when the table has no files yet. `exclude`: file paths to leave out (unreadable ones)."""
     if name not in SCHEMAS:
         raise ValueError(f"unknown results table {name!r}; choose one of: {', '.join(TABLES)}")
     fs, base = resolve(root)
     folder = f"{base}/{name}"
-    if not _files(fs, folder):
+    skip = set(exclude)
+    paths = [f.path for f in _files(fs, folder) if f.path not in skip]
+    if not paths:
         return None
-    return ds.dataset(folder, schema=SCHEMAS[name], format="parquet", filesystem=fs,
-                      partitioning=ds.partitioning(PARTITION_SCHEMA, flavor="hive"))
+    return ds.dataset(paths, schema=SCHEMAS[name], format="parquet", filesystem=fs,
+                      partitioning=ds.partitioning(PARTITION_SCHEMA, flavor="hive"),
+                      partition_base_dir=folder)
+
+
+def unreadable_files(root: str, name: str) -> dict[str, str]:
+    """{path: error} for the files of one table whose Parquet footer cannot be read (truncated
+    or not Parquet at all). Reads every footer: for the slow path, once a read has failed."""
+    fs, base = resolve(root)
+    bad: dict[str, str] = {}
+    for f in _files(fs, f"{base}/{name}"):
+        err = _footer_error(fs, f.path)
+        if err is not None:
+            bad[f.path] = err
+    return bad
 
 
 def empty_frame(name: str) -> pd.DataFrame:
@@ -268,7 +344,9 @@ def read_table(root: str, name: str) -> pd.DataFrame:
     Files written by an older schema read their newer (nullable) columns as null.
     """
     d = dataset(root, name)
-    return empty_frame(name) if d is None else d.to_table().to_pandas()
+    if d is None:
+        return empty_frame(name)
+    return storage.call("read", f"{root}/{name}", lambda: d.to_table()).to_pandas()
 
 
 def read_tables(root: str, tables: Iterable[str] = TABLES) -> dict[str, pd.DataFrame]:
@@ -276,37 +354,114 @@ def read_tables(root: str, tables: Iterable[str] = TABLES) -> dict[str, pd.DataF
     return {name: read_table(root, name) for name in tables}
 
 
-def finished_trial_ids(root: str) -> set[str]:
-    """Ids of the trials with a row in `trials/` (one listing, no file reads)."""
+_DONE_TABLES = ("trials", "per_class", "epochs")
+
+
+def _footer_error(fs: pafs.FileSystem, path: str, rows: int | None = None) -> str | None:
+    """None if the Parquet file at `path` is readable (its footer parses and, when `rows` is
+    given, it holds that many rows); else why not. A truncated file has no footer."""
+    try:
+        meta = storage.call("read", path, lambda: pq.read_metadata(path, filesystem=fs))
+    except (pa.ArrowInvalid, OSError) as err:
+        if isinstance(err, (storage.StorageUnavailableError, storage.StorageAccessError)):
+            raise  # the storage is down or wrong, not the file
+        return f"{type(err).__name__}: {err}"
+    if rows is not None and meta.num_rows != rows:
+        return f"holds {meta.num_rows} rows, expected {rows}"
+    return None
+
+
+def _trial_paths(fs: pafs.FileSystem, base: str) -> dict[str, dict[str, str]]:
+    """{trial_id: {table: path}} for the trials, per_class and epochs files under `base`."""
+    out: dict[str, dict[str, str]] = {}
+    for table in _DONE_TABLES:
+        for f in _files(fs, f"{base}/{table}"):
+            out.setdefault(f.base_name[: -len(".parquet")], {})[table] = f.path
+    return out
+
+
+def _complete(fs: pafs.FileSystem, paths: Mapping[str, str]) -> bool:
+    return set(paths) == set(_DONE_TABLES) and all(
+        _footer_error(fs, p, rows=1 if t == "trials" else None) is None for t, p in paths.items())
+
+
+def complete_trial_ids(root: str) -> set[str]:
+    """Ids of the trials that are done: their trials, per_class and epochs files are all there
+    and readable (the trials file holding its one row). Three listings, then one footer read
+    per file (in parallel on remote storage). A trial missing here is to be run (again)."""
     fs, base = resolve(root)
-    return {f.base_name[: -len(".parquet")] for f in _files(fs, f"{base}/trials")}
+    found = _trial_paths(fs, base)
+    candidates = {tid: p for tid, p in found.items() if set(p) == set(_DONE_TABLES)}
+    if _is_local(fs):
+        return {tid for tid, p in candidates.items() if _complete(fs, p)}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=16) as pool:  # footer reads are round trips, not CPU
+        ok = dict(zip(candidates, pool.map(lambda p: _complete(fs, p), candidates.values())))
+    return {tid for tid, good in ok.items() if good}
+
+
+def finished_trial_ids(root: str) -> set[str]:
+    """The same as `complete_trial_ids` (kept for its callers): a trial whose files cannot be
+    read has not finished."""
+    return complete_trial_ids(root)
+
+
+def _trial_files(fs: pafs.FileSystem, base: str, trial_id: str) -> dict[str, str]:
+    """{table: path} of one trial's trials/per_class/epochs files, located from its trials row's
+    partition (one listing of trials/); per_class/epochs paths are where they must be."""
+    name = f"{trial_id}.parquet"
+    found = [f for f in _files(fs, f"{base}/trials") if f.base_name == name]
+    if not found:
+        return {}
+    part = found[0].path[len(f"{base}/trials"):].strip("/").rsplit("/", 1)[0]  # source=../nuisance=..
+    return {t: f"{base}/{t}/{part}/{name}" for t in _DONE_TABLES}
+
+
+def trial_files_readable(root: str, trial_id: str) -> bool:
+    """Whether one trial is done: its trials, per_class and epochs files all readable."""
+    _check_trial_id(trial_id)
+    fs, base = resolve(root)
+    paths = _trial_files(fs, base, trial_id)
+    return bool(paths) and all(
+        _footer_error(fs, p, rows=1 if t == "trials" else None) is None for t, p in paths.items())
 
 
 def read_trial(root: str, trial_id: str) -> dict[str, Any] | None:
     """A finished trial's stored rows, or None if it has not finished: {"trial": its trials row,
-    "last_epoch": its last epochs row or None, "per_class": its per_class rows, "epochs": all}."""
+    "last_epoch": its last epochs row or None, "per_class": its per_class rows, "epochs": all}.
+
+    A trial whose trials, per_class or epochs file is missing or cannot be read counts as not
+    finished (with a warning naming the file): running it again replaces the bad files.
+    """
     _check_trial_id(trial_id)
     fs, base = resolve(root)
-    name = f"{trial_id}.parquet"
-    found = [f for f in _files(fs, f"{base}/trials") if f.base_name == name]
-    if not found:
+    paths = _trial_files(fs, base, trial_id)
+    if not paths:
         return None
-    part = found[0].path[len(f"{base}/trials"):].strip("/").rsplit("/", 1)[0]  # source=../nuisance=..
+    part = paths["trials"][len(f"{base}/trials"):].strip("/").rsplit("/", 1)[0]
+    values = dict(zip(PARTITION_COLUMNS, (urllib.parse.unquote(p.split("=", 1)[1]) for p in part.split("/"))))
     out: dict[str, Any] = {}
-    for table in ("trials", "per_class", "epochs"):
-        path = f"{base}/{table}/{part}/{name}"
-        if table != "trials" and fs.get_file_info(path).type != pafs.FileType.File:
-            out[table] = []
-            continue
-        t = pq.read_table(path, filesystem=fs, schema=None)
-        values = dict(zip(PARTITION_COLUMNS, (urllib.parse.unquote(p.split("=", 1)[1]) for p in part.split("/"))))
+    for table, path in paths.items():
+        try:
+            t = storage.call("read", path, lambda p=path: pq.read_table(p, filesystem=fs, schema=None))
+        except (pa.ArrowInvalid, OSError) as err:
+            if isinstance(err, (storage.StorageUnavailableError, storage.StorageAccessError)):
+                raise
+            why = "is missing" if isinstance(err, FileNotFoundError) else f"cannot be read ({err})"
+            warnings.warn(f"{path} {why}: trial {trial_id} counts as not finished and runs again "
+                          f"(`git-ray verify {root} --repair` moves bad files aside)", stacklevel=2)
+            return None
         out[table] = [{**values, **r} for r in t.to_pylist()]
+    if len(out["trials"]) != 1:
+        warnings.warn(f"{paths['trials']} holds {len(out['trials'])} rows, expected 1: trial {trial_id} "
+                      "counts as not finished", stacklevel=2)
+        return None
     epochs = sorted(out["epochs"], key=lambda r: r["epoch"])
     return {"trial": out["trials"][0], "last_epoch": epochs[-1] if epochs else None,
             "per_class": out["per_class"], "epochs": epochs}
 
 
 def trial_exists(root: str, trial_id: str) -> bool:
-    """Whether `trial_id` finished (its trials row, written last, is there)."""
-    _check_trial_id(trial_id)
-    return trial_id in finished_trial_ids(root)
+    """Whether `trial_id` is done (its three files there and readable)."""
+    return trial_files_readable(root, trial_id)
