@@ -223,3 +223,19 @@ def test_a_truncated_training_checkpoint_restarts_training_from_zero(tmp_path) -
     assert not any("resuming" in m for m in logs)
     assert (tmp_path / "gens" / "quarantine" / paths["fingerprint"] / "checkpoint.pt").exists()
     assert (tmp_path / "gens" / paths["fingerprint"] / "generator.pt").exists() and not ck.exists()
+
+
+def test_generator_command_prints_the_quality_check(tmp_path, capsys) -> None:
+    import yaml
+
+    from git_ray.cli import main
+    from tiny_configs import TINY_BASE, TINY_GEN
+
+    cfg = tmp_path / "gen.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY_BASE, "augment": {"git": True}, "generator": TINY_GEN}))
+    assert main(["generator", str(cfg), "--out", str(tmp_path / "gens")]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "label agreement" in x)
+    assert "coverage distance" in line and ("passed" in line or "FAILED" in line)
+    meta = json.loads(next((tmp_path / "gens").glob("*/meta.json")).read_text())
+    assert f"label agreement {meta['quality']['label_agreement']:.3f}" in line

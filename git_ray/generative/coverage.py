@@ -53,8 +53,9 @@ def measure_nothing() -> None:
     return None
 
 
-def _border_median(x: Tensor) -> Tensor:
-    """(B, C, H, W) -> (B,): median of the outer one-pixel ring, averaged over channels."""
+def background_level(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B,): median of the outer one-pixel ring, averaged over channels (digits
+    and characters rarely reach the border, so this is the background's level)."""
     ring = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1)  # (B, C, P)
     return ring.median(dim=-1).values.mean(dim=-1)
 
@@ -66,7 +67,7 @@ def build_background_measurer() -> Measurer:
         n_bg = is_bg.flatten(1).sum(1)  # (B,)
         level = (x * is_bg).flatten(1).sum(1) / n_bg.clamp_min(1)  # (B,) mean background intensity
         # A source with no background pixel at all (rare): fall back to the border median.
-        return torch.where(n_bg > 0, level, _border_median(x))
+        return torch.where(n_bg > 0, level, background_level(x))
 
     return measure
 

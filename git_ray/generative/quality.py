@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from git_ray.generative.coverage import nuisance_coverage
+from git_ray.generative.coverage import background_level, nuisance_coverage
 from git_ray.generative.networks import Munit
 from git_ray.generative.train import BalancedSampler
 from git_ray.registry import NUISANCES
@@ -78,12 +78,6 @@ def train_judge(x: Tensor, y: Tensor, num_classes: int, *, epochs: int, seed: in
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
     return torch.cat([model(xb).argmax(1) for xb in x.split(batch_size)])
-
-
-def background_level(x: Tensor) -> Tensor:
-    """(B, C, H, W) -> (B,): median of the outer one-pixel border, averaged over channels."""
-    ring = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1)  # (B, C, P)
-    return ring.median(dim=-1).values.mean(dim=-1)
 
 
 def first_per_class(y: Tensor, k: int) -> Tensor:
