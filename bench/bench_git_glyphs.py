@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", default="configs/glyphs_git.yaml")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--nuisance", default="background", choices=["background", "dilation"])
-    p.add_argument("--steps", type=int, default=3000, help="MUNIT steps (the paper: 10,000 at batch 1)")
-    p.add_argument("--epochs", type=int, default=30, help="classifier epochs (s1, s2 at 60%, 80%)")
+    p.add_argument("--steps", type=int, default=3000, help="MUNIT steps (the paper: 10000 at batch 1)")
+    p.add_argument("--epochs", type=int, default=30, help="classifier epochs (s1, s2 at 60%%, 80%%)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
