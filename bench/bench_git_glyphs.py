@@ -2,7 +2,7 @@
 check (label agreement, nuisance coverage), and CE+DRS against CE+DRS+GIT on the same data.
 
     python -m bench.bench_git_glyphs --device cuda                   # ~4 minutes on one H100
-    python -m bench.bench_git_glyphs --device cuda --nuisance dilation --steps 3000 --epochs 30
+    python -m bench.bench_git_glyphs --device cuda --nuisance dilation --steps 3000 --epochs 30   # longer
 
 No Ray: the generator comes from `git_ray.generative.get_generator` (trained into a temporary
 cache, quality check included) and the trials from `git_ray.trial.run_trial`, which finds it
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", default="configs/glyphs_git.yaml")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--nuisance", default="background", choices=["background", "dilation"])
-    p.add_argument("--steps", type=int, default=3000, help="MUNIT steps (the paper: 10000 at batch 1)")
-    p.add_argument("--epochs", type=int, default=30, help="classifier epochs (s1, s2 at 60%%, 80%%)")
+    p.add_argument("--steps", type=int, default=2000, help="MUNIT steps (the paper: 10000 at batch 1)")
+    p.add_argument("--epochs", type=int, default=20, help="classifier epochs (s1, s2 at 60%%, 80%%)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
