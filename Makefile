@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+RESULTS := results/quickstart
 
 .PHONY: run test test-all bench install clean
 
@@ -10,24 +12,31 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Reinstall when the project's dependencies change.
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+# Two stamps: running needs only the package's own dependencies; the tests add their extras
+# (pytest, moto, boto3, duckdb). Either is redone when pyproject.toml changes.
+$(RUN_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $(RUN_STAMP)
 
-install: $(STAMP)
+$(TEST_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(TEST_STAMP) $(RUN_STAMP)
 
-run: $(STAMP)
-	$(VENV)/bin/git-ray sweep sweeps/quickstart.yaml
-	$(VENV)/bin/git-ray analyze results/quickstart
+install: $(RUN_STAMP)
 
-test: $(STAMP)
+run: $(RUN_STAMP)
+	@$(VENV)/bin/git-ray sweep sweeps/quickstart.yaml
+	@$(VENV)/bin/git-ray analyze $(RESULTS)
+	@echo "results (Parquet): $(RESULTS)/  status: $(VENV)/bin/git-ray status $(RESULTS)"
+	@echo "figures and report: $(RESULTS)/analysis/ (open $(RESULTS)/analysis/report.html)"
+
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(TEST_STAMP)
 	$(PY) -m pytest -q -m ""
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(PY) -m bench.run_all
 
 clean:

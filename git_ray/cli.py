@@ -1,8 +1,9 @@
-"""The `git-ray` command: train, sweep, analyze, generator, verify.
+"""The `git-ray` command: train, sweep (and --dry-run), status, analyze, generator, verify.
 
-Each subcommand validates its input before any work starts. A user mistake (bad config, missing
-data folder, empty results folder) ends with a one-paragraph message and exit status 2, never a
-bare traceback; a failure inside the work itself exits 1.
+Each subcommand validates its input and runs its preflight (git_ray.preflight: output locations
+writable, data files present, devices and cluster resources there) before any work starts. A
+user mistake ends with a one-paragraph message and exit status 2, never a bare traceback, with
+nothing written; a failure inside the work itself exits 1.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from git_ray import __version__, preflight
 from git_ray.config import ConfigError
 
 EXAMPLES = """examples:
@@ -18,6 +20,8 @@ EXAMPLES = """examples:
   git-ray train configs/digits_background.yaml --set seed=1 --set balance.sampler=drs
   git-ray sweep sweeps/quickstart.yaml
   git-ray sweep sweeps/quickstart.yaml --resume
+  git-ray sweep sweeps/k49_invariance.yaml --dry-run
+  git-ray status results/quickstart
   git-ray analyze results/quickstart
   git-ray generator configs/digits_git.yaml --out results/gen
   git-ray verify results/quickstart --repair
@@ -31,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                     "Across Classes?' (ICLR 2022): long-tailed data, nuisances, balancing, GIT, "
                     "per-class eKLD and accuracy written to Parquet.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"git-ray {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="run one trial in-process (no Ray) and write its Parquet rows",
@@ -55,6 +60,20 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--storage", default=None, help="override the sweep file's storage (folder or s3:// URI)")
     s.add_argument("--max-concurrent", type=int, default=None, help="override max_concurrent_trials")
     s.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="list the trials, what storage already holds, the generators and an estimate; "
+                        "start nothing")
+    s.add_argument("--verbose", action="store_true",
+                   help="show Ray Tune's own per-trial output and status tables (default: one progress display)")
+
+    st = sub.add_parser("status", help="where a running or finished sweep stands",
+                        description="Count a sweep's trials (done, stopped, failed, missing) against the "
+                                    "sweep.yaml stored in its results folder, by group, and list the "
+                                    "trials running now (from the driver's heartbeat, _status.json).")
+    st.add_argument("results", help="results folder of one sweep: <storage>/<sweep name>")
+    st.add_argument("--by", default=None, metavar="KEY",
+                    help="group by this config key (dotted, e.g. balance.loss or a grid axis); "
+                         "default: dataset.source/dataset.nuisance")
 
     a = sub.add_parser("analyze", help="tables, figures and an HTML report from Parquet results",
                        description="Read one or more results folders (local or s3:// URIs) and write "
@@ -91,6 +110,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_trial_config(args.config, args.set)
     out = args.out or str(Path("results") / Path(args.config).stem)
+    preflight.check_writable(out, "--out")
+    preflight.check_trial_config(cfg, args.device)
     log = (lambda m: None) if args.quiet else (lambda m: print(f"[git-ray] {m}", flush=True))
     from git_ray.results import write_trial
     from git_ray.trial import default_generator_cache, run_trial, summary_line
@@ -110,14 +131,44 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from git_ray.sweep.spec import load_sweep
+
+    spec = load_sweep(args.sweep, storage=args.storage, max_concurrent=args.max_concurrent)
+    preflight.check_sweep_locations(spec, args.num_cpus)
+    if args.dry_run:
+        from git_ray.sweep.dryrun import dry_run
+
+        # A dry run still lists a sweep meant for another machine (a cluster with the data and
+        # the GPUs), then says what would stop it here, with the same exit status as a real run.
+        try:
+            preflight.check_sweep_inputs(spec, address=args.address, num_cpus=args.num_cpus)
+            problem = None
+        except ConfigError as err:
+            problem = err
+        print(dry_run(spec, num_cpus=args.num_cpus))
+        if problem is not None:
+            raise ConfigError(f"{problem}\n(the dry run above lists the sweep; run it where this holds)")
+        return 0
+    preflight.check_sweep_inputs(spec, address=args.address, num_cpus=args.num_cpus)
     from git_ray.sweep.runner import run_sweep_command
 
+    args.spec = spec  # validated once: run_sweep_command does not load it again
     return run_sweep_command(args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from git_ray.sweep.status import sweep_status
+
+    print(sweep_status(args.results, by=args.by))
+    return 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from git_ray.analysis import analyze, default_out
+    from git_ray.analysis.load import find_sweeps
 
+    find_sweeps(args.results)  # the folders exist and hold results
+    preflight.check_writable(args.out or default_out(args.results), "--out")
     report = analyze(args.results, args.out or default_out(args.results))
     print(report.text)
     print(f"\ntables, figures and report.html: {report.out}")
@@ -133,6 +184,9 @@ def cmd_generator(args: argparse.Namespace) -> int:
 
     cfg = load_trial_config(args.config, args.set)
     cache = args.out or cfg.generator.cache or "results/generators"
+    preflight.check_writable(cache, "--out" if args.out else "generator.cache")
+    preflight.check_generator(cfg, args.config)
+    preflight.check_trial_config(cfg, args.device)
     device = resolve_device(cfg.train.device, args.device)
     data = build_dataset(cfg.dataset).to(device)
     get_generator(data, cfg.generator, cache=cache, device=device,
@@ -155,8 +209,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.clean else 1
 
 
-COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "analyze": cmd_analyze, "generator": cmd_generator,
-            "verify": cmd_verify}
+COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "status": cmd_status, "analyze": cmd_analyze,
+            "generator": cmd_generator, "verify": cmd_verify}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,6 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"git-ray {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        from git_ray.storage import StorageFullError, StorageUnavailableError
+
+        if not isinstance(err, (StorageFullError, StorageUnavailableError)):
+            raise
+        # A full disk or an outage longer than the retry budget: the message says which and what to do.
+        print(f"git-ray {args.command}: {err}", file=sys.stderr)
+        return 1
     except FloatingPointError as err:  # NonFiniteLossError: the trial diverged, nothing was written
         print(f"git-ray {args.command}: the trial failed: {err}; no results were written", file=sys.stderr)
         return 1

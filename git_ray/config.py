@@ -10,11 +10,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from types import UnionType
+from typing import Any, Literal, Mapping, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from git_ray import registry
 from git_ray.registry import UnknownNameError
@@ -26,6 +29,25 @@ class ConfigError(ValueError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads True as 1 and False as 0.0: `epochs: true` would train one
+        # epoch. A bool is only accepted where the field itself is a bool.
+        if isinstance(value, bool) and info.field_name is not None:
+            kinds = _scalar_kinds(cls.model_fields[info.field_name].annotation)
+            if kinds & {int, float} and bool not in kinds:
+                raise ValueError(f"expected a number, not the boolean {value}; write a number")
+        return value
+
+
+def _scalar_kinds(annotation: Any) -> set[type]:
+    """The plain types an annotation admits (int | None -> {int, NoneType})."""
+    args = get_args(annotation)
+    if args and get_origin(annotation) in (Union, UnionType):
+        return set().union(*(_scalar_kinds(a) for a in args))
+    return {annotation} if isinstance(annotation, type) else set()
 
 
 def _check_name(reg: registry.Registry, value: str) -> str:
@@ -80,6 +102,9 @@ class TrainConfig(Strict):
     def _schedule(self) -> "TrainConfig":
         if not self.s1 <= self.s2:
             raise ValueError(f"s1 ({self.s1}) must not come after s2 ({self.s2})")
+        if self.s2 > self.epochs:  # s1 = s2 = epochs is allowed: no decay at all
+            raise ValueError(f"s2 ({self.s2}) lies past the last epoch (epochs {self.epochs}); "
+                             f"set train.s2 (and train.s1) to at most {self.epochs}, or raise train.epochs")
         return self
 
 
@@ -125,6 +150,22 @@ class GeneratorConfig(Strict):
     cache: str | None = None  # folder or URI; None: <storage>/generators (train: <out>/generators)
 
 
+def check_downsample(d: DatasetConfig, g: GeneratorConfig) -> None:
+    """MUNIT's content encoder halves the image n_downsample times (padding to a multiple of
+    2**n_downsample) and needs a content code of at least 2x2 (git_ray.generative.networks)."""
+    from git_ray.data.sources import native_size
+
+    size = d.image_size or native_size(d.source)
+    if size is None:  # a source that does not declare its size: the generator checks at build time
+        return
+    code = math.ceil(size / 2 ** g.n_downsample)
+    if code < 2:
+        largest = max(n for n in range(5) if math.ceil(size / 2 ** n) >= 2)
+        raise ValueError(f"generator.n_downsample {g.n_downsample} is too many for {size}-px images "
+                         f"(a {code}x{code} content code; MUNIT needs at least 2x2): set "
+                         f"generator.n_downsample to at most {largest}, or a larger dataset.image_size")
+
+
 CPU_FORWARD_BATCH = 256
 ADDED_AFTER_0_1 = (("eval", "val_per_class"), ("generator", "style_weight"))  # (section, field), None by default
 
@@ -166,6 +207,17 @@ class TrialConfig(Strict):
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> "TrialConfig":
+        t, a = self.train, self.augment
+        if a.git and a.git_start == "s1" and t.s1 >= t.epochs:
+            raise ValueError(f"augment.git_start is s1 but train.s1 ({t.s1}) is not before the last "
+                             f"epoch (train.epochs {t.epochs}): GIT would never run; set train.s1 below "
+                             f"{t.epochs} or augment.git_start: start")
+        if a.git:
+            check_downsample(self.dataset, self.generator)
+        return self
 
     def flat(self) -> dict[str, Any]:
         """Every field as `section_field` columns (the Parquet config columns)."""
@@ -260,9 +312,11 @@ def format_validation_error(err: ValidationError, where: str) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"  - {loc}: unknown key (value {e['input']!r}); check its spelling "
                          "against the README's config reference")
+        elif e["type"] == "missing" or isinstance(e["input"], Mapping):
+            # a rule across fields names its keys and values itself; a whole section would bury it
+            lines.append(f"  - {loc}: {msg}")
         else:
-            lines.append(f"  - {loc}: {msg} (got {e['input']!r})" if e["type"] != "missing"
-                         else f"  - {loc}: {msg}")
+            lines.append(f"  - {loc}: {msg} (got {e['input']!r})")
     return "\n".join(lines)
 
 
@@ -289,7 +343,10 @@ def read_yaml(path: str | Path) -> Any:
 
 
 def load_trial_config(path: str | Path, overrides: list[str] | None = None) -> TrialConfig:
-    data = read_yaml(path) or {}
+    data = read_yaml(path)
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; write a trial config in it (see configs/, "
+                          "e.g. configs/digits_background.yaml)")
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
     for text in overrides or []:

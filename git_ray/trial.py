@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from typing import Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import numpy as np
 import torch
@@ -44,12 +44,14 @@ def run_trial(
     cfg: TrialConfig,
     *,
     device: str | torch.device | None = None,
-    report: Callable[[dict], None] | None = None,
+    report: Callable[[dict], Any] | None = None,
     generator_cache: str | None = None,
     lock_factory: Callable[[str], ContextManager] | None = None,
     log: Callable[[str], None] = lambda msg: None,
 ) -> TrialResult:
-    """Train and evaluate one classifier as `cfg` says; return its rows (no files written)."""
+    """Train and evaluate one classifier as `cfg` says; return its rows (no files written).
+    `report(row)` gets every epoch's row; returning `git_ray.train.loop.STOP` ends training
+    early and the model as it stands is evaluated (fewer epoch rows than cfg.train.epochs)."""
     start = time.perf_counter()
     dev = resolve_device(cfg.train.device, device)
     with torch_threads(cfg.train.threads):

@@ -265,6 +265,8 @@ def test_analyze_writes_and_shows_the_claims(tmp_path):
     assert "| claim | nuisance |" in md and "no oracle trials for nuisance digits / background" in md
     text = rep.text
     assert "The paper's claims" in text and "(c) digits / background: NOT ENOUGH TRIALS" in text
+    assert "(a) digits / background: HOLDS (PROVISIONAL: few units)" in text
+    assert "4 of these verdicts rest on fewer than 5 units (as few as 3) and are provisional." in rep.findings
     assert text.index("The paper's claims") < text.index("Summary (mean ± std)")
     doc = (out / "report.html").read_text()
     assert "(n=3)<br>mean Spearman(size, eKLD), RS" in doc  # a line per effect in the claims table

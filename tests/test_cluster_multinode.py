@@ -90,7 +90,8 @@ def test_trials_spread_over_nodes_and_share_one_generator(tmp_path, cluster, mon
 
     rec = GeneratorFile()
     counts = run_sweep(load_sweep(path), address=c.address, extra_callbacks=[rec])
-    assert counts == {"finished": 2, "skipped": 0, "stopped": 0, "failed": 0}
+    assert counts == {"planned": 2, "finished": 2, "skipped": 0, "stopped": 0, "failed": 0,
+                      "missing": 0, "interrupted": 0}
 
     final_nodes = {ids[-1] for ids in rec.nodes.values()}
     assert len(final_nodes) == 2  # one trial on each worker node

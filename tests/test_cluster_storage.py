@@ -25,7 +25,10 @@ from git_ray.results import read_tables  # noqa: E402
 from git_ray.sweep.spec import load_sweep  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
-CHECKER = ROOT.parent / "shared" / "tools" / "check_results.py"
+# the project's shared/ beside the checkout (a git worktree one level deeper finds it above)
+CHECKER = next((p / "shared" / "tools" / "check_results.py" for p in (ROOT.parent, ROOT.parent.parent)
+                if (p / "shared" / "tools" / "check_results.py").is_file()),
+               ROOT.parent / "shared" / "tools" / "check_results.py")
 BUCKET = "git-ray-test"
 
 from tiny_configs import TINY_BASE, TINY_GEN  # noqa: E402
@@ -130,7 +133,8 @@ def test_two_trial_sweep_on_s3(tmp_path, s3, ray_local):
                                     "resources_per_trial": {"cpu": 1}, "base": TINY_BASE,
                                     "grid": {"seed": [0, 1]}}))
     counts = run_sweep(load_sweep(path))
-    assert counts == {"finished": 2, "skipped": 0, "stopped": 0, "failed": 0}
+    assert counts == {"planned": 2, "finished": 2, "skipped": 0, "stopped": 0, "failed": 0,
+                      "missing": 0, "interrupted": 0}
 
     objects = keys(s3, "sweeps/s3sweep/")
     assert "sweeps/s3sweep/sweep.yaml" in objects and "sweeps/s3sweep/environment.json" in objects

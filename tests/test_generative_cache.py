@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 
@@ -11,7 +12,7 @@ import torch
 
 from git_ray.config import GeneratorConfig
 from git_ray.generative import cache as gcache
-from git_ray.generative import generator_fingerprint, generator_paths, get_generator
+from git_ray.generative import generator_fingerprint, generator_paths, get_generator, load_generator
 from git_ray.generative.train import load_checkpoint, train_munit
 from test_generative_train import TINY, params, tiny_data
 
@@ -150,13 +151,15 @@ def test_interrupted_training_resumes_from_the_cache_checkpoint(tmp_path, monkey
     assert all(torch.equal(p, q) for p, q in zip(params(resumed), params(straight)))
 
 
-def test_remote_cache_without_lock_warns(monkeypatch, tmp_path) -> None:
+def test_without_lock_factory_a_lease_in_the_cache_is_the_lock(tmp_path) -> None:
+    # local and remote caches alike: the lock is a lease record beside the entry while held
     logs: list[str] = []
-    lock = gcache._lock_for("s3://bucket/gens", "abc", None, logs.append)
-    assert isinstance(lock, contextlib.nullcontext)
-    assert logs and "warning" in logs[0]
-    local = gcache._lock_for(str(tmp_path), "abc", None, logs.append)
-    assert not isinstance(local, contextlib.nullcontext)
+    lock = gcache._lock_for(str(tmp_path), "abc", None, logs.append)
+    with lock as lease:
+        record = json.loads((tmp_path / "abc.lock").read_text())
+        assert record["token"] == lease.token and record["pid"] == os.getpid()
+    assert not (tmp_path / "abc.lock").exists() and not logs
+
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ damaged trials read as missing (so the next run redoes them)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,21 +34,27 @@ def trial_file(root: Path, table: str, trial_id: str) -> Path:
     return next((root / table).rglob(f"{trial_id}.parquet"))
 
 
-@pytest.fixture
-def sweep(tmp_path):
-    """A sweep folder with 7 finished trials and a generator cache beside it (as a sweep's
-    <storage> holds them)."""
-    root = tmp_path / "storage" / "demo"
+@pytest.fixture(scope="module")
+def storage_template(tmp_path_factory):
+    """A storage folder with a 7-trial sweep and a generator cache beside it (as a sweep's
+    <storage> holds them), built once; each test damages its own copy."""
+    base = tmp_path_factory.mktemp("template") / "storage"
     results = [make_result(make_cfg(seed=s), seed=s) for s in range(7)]
     for r in results:
-        write_trial(str(root), r)
-    cache = tmp_path / "storage" / "generators"
+        write_trial(str(base / "demo"), r)
     data = tiny_data()
     for seed in (0, 1):
-        get_generator(data, GEN.model_copy(update={"seed": seed}), cache=str(cache), device="cpu",
-                      log=lambda m: None)
+        get_generator(data, GEN.model_copy(update={"seed": seed}), cache=str(base / "generators"),
+                      device="cpu", log=lambda m: None)
     fps = [generator_fingerprint(data.fingerprint, GEN.model_copy(update={"seed": s})) for s in (0, 1)]
-    return root, cache, [r.trial_id for r in results], fps
+    return base, [r.trial_id for r in results], fps
+
+
+@pytest.fixture
+def sweep(tmp_path, storage_template):
+    base, ids, fps = storage_template
+    shutil.copytree(base, tmp_path / "storage")
+    return tmp_path / "storage" / "demo", tmp_path / "storage" / "generators", ids, fps
 
 
 def test_a_clean_sweep_verifies_clean(sweep, capsys):
@@ -167,3 +174,19 @@ def test_analyze_skips_an_unreadable_file_with_a_warning(sweep, table, capsys):
         assert len(tables["trials"]) == 7 and ids[0] not in set(tables["per_class"]["trial_id"])
     with pytest.warns(UnreadableFileWarning):
         assert main(["analyze", str(root), "--out", str(root.parent / "analysis")]) == 0
+
+
+def test_a_full_disk_or_an_outage_ends_the_command_with_its_message(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from git_ray import storage
+    from git_ray.results import verify as verify_module
+
+    for err in (storage.StorageFullError(errno.ENOSPC, "no space left on the device writing X"),
+                storage.StorageUnavailableError(None, "s3://b/k: read kept failing for 60 s")):
+        def fail(*args, _err=err, **kwargs):
+            raise _err
+
+        monkeypatch.setattr(verify_module, "verify", fail)
+        assert main(["verify", str(tmp_path)]) == 1
+        assert str(err) in capsys.readouterr().err

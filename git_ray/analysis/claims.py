@@ -425,6 +425,10 @@ def findings(long: pd.DataFrame, trials: pd.DataFrame | None = None) -> str:
         ev = verdicts(e)
         sentences.append(f"GIT changes balanced accuracy by {each}; it raises both balanced and few-class "
                          f"accuracy with confidence for {(ev['verdict'] == HOLDS).sum()} of {len(ev)}.")
+    few = judged[judged["reason"].str.contains("provisional:", regex=False)]
+    if len(few):
+        sentences.append(f"{len(verdicts(few))} of these verdicts rest on fewer than {FEW_UNITS} units "
+                         f"(as few as {few['n'].min()}) and are provisional.")
     missing = verdicts(long[long["verdict"] == MISSING])
     if len(missing):
         sentences.append(f"{len(missing)} of {len(verdicts(long))} claim rows lack the trials to judge them "

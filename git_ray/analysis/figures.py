@@ -260,10 +260,13 @@ def fig_learning_curves(epochs: pd.DataFrame, trials: pd.DataFrame) -> Figure:
     fig, axes = _grid([k for k, _ in panels], "Learning curves: validation balanced accuracy (mean over trials)",
                       right=2.2)
     n_epochs = int(df["epoch"].nunique()) if len(df) else 1
+    # Markers every `step` epochs, each label starting at its own offset: where curves coincide
+    # (DRS is ERM until s1) their markers alternate instead of hiding one another.
+    step = max(1, min(len(labels), n_epochs // 4))
     for ax, (k, d) in zip(axes, panels):
         for lab, c in d.groupby("label"):
             m = c.groupby("epoch")["val_balanced_accuracy"].agg(["mean", "std"]).reset_index()
-            ax.plot(m["epoch"], m["mean"], lw=1.3, ms=4, markevery=max(1, n_epochs // 12), **styles[lab])
+            ax.plot(m["epoch"], m["mean"], lw=1.3, ms=5, markevery=(labels.index(lab) % step, step), **styles[lab])
             ax.fill_between(m["epoch"], m["mean"] - m["std"].fillna(0), m["mean"] + m["std"].fillna(0),
                             color=styles[lab]["color"], alpha=0.08)
         ax.set_xlabel("epoch")

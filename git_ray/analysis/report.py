@@ -207,7 +207,8 @@ def claims_text(rep: Report) -> str:
     reason where it does not hold or cannot be judged."""
     lines = []
     for r in rep.display["claims"].to_dict("records"):
-        lines.append(f"  ({r['claim']}) {r['nuisance']}: {r['verdict'].upper()}  {r['statement']}")
+        provisional = " (PROVISIONAL: few units)" if "provisional:" in r["reason"] else ""
+        lines.append(f"  ({r['claim']}) {r['nuisance']}: {r['verdict'].upper()}{provisional}  {r['statement']}")
         lines += [f"        {effect}" for effect in str(r[EFFECT_COLUMN]).split("; ") if effect != "-"]
         if r["verdict"] != HOLDS:  # a claim that holds needs no explanation on a terminal
             lines.append(f"        why: {r['reason']}")

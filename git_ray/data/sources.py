@@ -10,6 +10,12 @@ trial selects into float32 tensors in [0, 1] at `image_size`. Files are read dir
 official formats (K49 npz, CIFAR python pickles, GTSRB ppm folders as torchvision lays them
 out), nothing is downloaded and nothing is cached on disk. A missing or malformed folder raises
 `git_ray.config.ConfigError` saying which files are expected where and how to get them.
+
+`check_source_files(name, root)` is the cheap version of that check (files present, nothing
+read), run by the command line's preflight for every distinct data set of a sweep before any
+work starts; a source registers one with `describe_source` (no check is the default, right for a
+source whose data needs no files). `native_size(name)` is a source's own image size, which the
+config needs to validate generator settings before the files are read.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -35,6 +41,31 @@ def config_error(message: str) -> Exception:
     from git_ray.config import ConfigError
 
     return ConfigError(message)
+
+
+_NATIVE_SIZES: dict[str, int] = {}
+_FILE_CHECKS: dict[str, Callable[[str | None], Any]] = {}
+
+
+def describe_source(name: str, *, size: int | None = None,
+                    check_files: Callable[[str | None], Any] | None = None) -> None:
+    """Declare a source's own image size and its files-present check (both optional)."""
+    if size is not None:
+        _NATIVE_SIZES[name] = size
+    if check_files is not None:
+        _FILE_CHECKS[name] = check_files
+
+
+def native_size(name: str) -> int | None:
+    """The side length a source's images have when dataset.image_size is not set (None: unknown)."""
+    return _NATIVE_SIZES.get(name)
+
+
+def check_source_files(name: str, root: str | None) -> None:
+    """Raise ConfigError when `root` lacks a file the source reads; reads no data."""
+    check = _FILE_CHECKS.get(name)
+    if check is not None:
+        check(root)
 
 
 @dataclass
@@ -117,6 +148,9 @@ def load_digits_source(*, root: str | None = None, image_size: int | None = None
                        default_max_per_class=100)
 
 
+describe_source("digits", size=16)
+
+
 # ---------------------------------------------------------------------------------------------
 # k49: Kuzushiji-49 npz files
 
@@ -146,13 +180,19 @@ def _k49_images(arr: np.ndarray, path: Path) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).unsqueeze(1)  # (N, 1, 28, 28) uint8
 
 
-@SOURCES.register("k49")
-def load_k49(*, root: str | None, image_size: int | None = None) -> SourcePools:
-    """Kuzushiji-49: 49 classes, 28x28 grey, 232,365 train / 38,547 test (default size 28)."""
+def check_k49_files(root: str | None) -> Path:
+    """The K49 folder, after checking that its four npz files are there."""
     base = _need_root(root, "k49", K49_HOW)
     missing = [f for f in K49_FILES if not (base / f).is_file()]
     if missing:
         raise config_error(f"dataset.root {str(base)!r} lacks {', '.join(missing)}.\n{K49_HOW}")
+    return base
+
+
+@SOURCES.register("k49")
+def load_k49(*, root: str | None, image_size: int | None = None) -> SourcePools:
+    """Kuzushiji-49: 49 classes, 28x28 grey, 232,365 train / 38,547 test (default size 28)."""
+    base = check_k49_files(root)
     pools = {}
     for split in ("train", "test"):
         img_path, lab_path = base / f"k49-{split}-imgs.npz", base / f"k49-{split}-labels.npz"
@@ -160,6 +200,9 @@ def load_k49(*, root: str | None, image_size: int | None = None) -> SourcePools:
         pools[split] = (x, _labels(_read_npz(lab_path), x.shape[0], 49, str(lab_path)))
     return SourcePools("k49", *pools["train"], *pools["test"], num_classes=49,
                        image_size=image_size or 28, default_max_per_class=4800)
+
+
+describe_source("k49", size=28, check_files=check_k49_files)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,8 +235,8 @@ def _read_cifar_batch(path: Path, label_key: bytes, how: str) -> tuple[np.ndarra
     return data, np.asarray(labels)
 
 
-def _load_cifar(name: str, root: str | None, image_size: int | None, folder: str, train: list[str],
-                test: list[str], label_key: bytes, num_classes: int, max_per_class: int) -> SourcePools:
+def _check_cifar_files(name: str, root: str | None, folder: str, train: list[str], test: list[str]) -> Path:
+    """The folder holding the CIFAR batches, after checking that they are all there."""
     how = _cifar_how(name, folder, train, test)
     base = _need_root(root, name, how)
     if (base / folder).is_dir():
@@ -201,6 +244,13 @@ def _load_cifar(name: str, root: str | None, image_size: int | None, folder: str
     missing = [f for f in train + test if not (base / f).is_file()]
     if missing:
         raise config_error(f"{str(base)!r} lacks {', '.join(missing)}.\n{how}")
+    return base
+
+
+def _load_cifar(name: str, root: str | None, image_size: int | None, folder: str, train: list[str],
+                test: list[str], label_key: bytes, num_classes: int, max_per_class: int) -> SourcePools:
+    how = _cifar_how(name, folder, train, test)
+    base = _check_cifar_files(name, root, folder, train, test)
     pools = []
     for files in (train, test):
         parts = [_read_cifar_batch(base / f, label_key, how) for f in files]
@@ -212,18 +262,24 @@ def _load_cifar(name: str, root: str | None, image_size: int | None, folder: str
                        default_max_per_class=max_per_class)
 
 
+CIFAR10_FILES = ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"])
+CIFAR100_FILES = ("cifar-100-python", ["train"], ["test"])
+
+
 @SOURCES.register("cifar10")
 def load_cifar10(*, root: str | None, image_size: int | None = None) -> SourcePools:
     """CIFAR-10: 10 classes, 32x32 RGB, 50,000 train / 10,000 test (default size 32)."""
-    return _load_cifar("cifar10", root, image_size, "cifar-10-batches-py",
-                       [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10, 5000)
+    return _load_cifar("cifar10", root, image_size, *CIFAR10_FILES, b"labels", 10, 5000)
 
 
 @SOURCES.register("cifar100")
 def load_cifar100(*, root: str | None, image_size: int | None = None) -> SourcePools:
     """CIFAR-100 (fine labels): 100 classes, 32x32 RGB, 50,000 train / 10,000 test (default size 32)."""
-    return _load_cifar("cifar100", root, image_size, "cifar-100-python", ["train"], ["test"],
-                       b"fine_labels", 100, 500)
+    return _load_cifar("cifar100", root, image_size, *CIFAR100_FILES, b"fine_labels", 100, 500)
+
+
+describe_source("cifar10", size=32, check_files=lambda root: _check_cifar_files("cifar10", root, *CIFAR10_FILES))
+describe_source("cifar100", size=32, check_files=lambda root: _check_cifar_files("cifar100", root, *CIFAR100_FILES))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,14 +312,8 @@ def _stack_ppms(paths: list[Path], size: int) -> Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S)
 
 
-@SOURCES.register("gtsrb")
-def load_gtsrb(*, root: str | None, image_size: int | None = None) -> SourcePools:
-    """GTSRB: 43 classes, RGB photos of varying size resized to image_size (default 32).
-
-    Train labels come from the class folder names (00000..00042), test labels from the ClassId
-    column of GT-final_test.csv, exactly as torchvision.datasets.GTSRB reads them.
-    """
-    size = image_size or 32
+def check_gtsrb_files(root: str | None) -> tuple[Path, Path, Path]:
+    """GTSRB's train folder, test folder and test label CSV, after checking they are there."""
     base = _need_root(root, "gtsrb", GTSRB_HOW)
     if (base / "gtsrb").is_dir() or not (base / "GTSRB").is_dir():
         base = base / "gtsrb"  # else root named the gtsrb folder itself
@@ -274,6 +324,18 @@ def load_gtsrb(*, root: str | None, image_size: int | None = None) -> SourcePool
             raise config_error(f"missing folder {str(p)!r}.\n{GTSRB_HOW}")
     if not csv_path.is_file():
         raise config_error(f"missing file {str(csv_path)!r}.\n{GTSRB_HOW}")
+    return train_dir, test_dir, csv_path
+
+
+@SOURCES.register("gtsrb")
+def load_gtsrb(*, root: str | None, image_size: int | None = None) -> SourcePools:
+    """GTSRB: 43 classes, RGB photos of varying size resized to image_size (default 32).
+
+    Train labels come from the class folder names (00000..00042), test labels from the ClassId
+    column of GT-final_test.csv, exactly as torchvision.datasets.GTSRB reads them.
+    """
+    size = image_size or 32
+    train_dir, test_dir, csv_path = check_gtsrb_files(root)
 
     train_paths, train_labels = [], []
     for d in sorted(p for p in train_dir.iterdir() if p.is_dir()):
@@ -304,3 +366,6 @@ def load_gtsrb(*, root: str | None, image_size: int | None = None) -> SourcePool
     y_test = _labels(test_labels, len(test_paths), GTSRB_CLASSES, str(csv_path))
     return SourcePools("gtsrb", x_train, y_train, x_test, y_test, num_classes=GTSRB_CLASSES,
                        image_size=size, default_max_per_class=None)
+
+
+describe_source("gtsrb", size=32, check_files=check_gtsrb_files)

@@ -7,15 +7,17 @@ Layout under the cache location (a local folder or a pyarrow.fs URI such as s3:/
     <cache>/<fingerprint>/meta.json        config, data fingerprint, steps, seconds, device, and its
                                            quality check (label agreement, nuisance coverage)
     <cache>/<fingerprint>/checkpoint.pt    resumable training state; removed once generator.pt exists
-    <cache>/<fingerprint>.lock             local caches only: the fcntl lock file
+    <cache>/<fingerprint>.lock             the lease of whoever trains it (git_ray.lease), while it trains
     <cache>/_staging/                      local writes in progress (renamed into place when whole)
     <cache>/quarantine/<fingerprint>/      unusable files moved aside (never deleted)
 
 `get_generator` loads generator.pt if it exists and is usable; otherwise it takes the
 fingerprint's lock, looks again (another trial may have finished it while we waited), trains
 (resuming from checkpoint.pt), and writes generator.pt last, so its presence means "complete".
-Trials on many nodes that share an object store need a cross-node `lock_factory`; without one two
-nodes may both train (each result is valid and the second write simply replaces the first).
+The lock is a lease: its holder renews it every term/4 seconds; one that stops (killed, node
+lost) loses it after the term (default 60 s, $GIT_RAY_LEASE_S), and a waiter takes over and
+resumes from checkpoint.pt. A sweep passes a cross-node `lock_factory` (a Ray actor with the same
+lease rules); without one the lease record lives in the cache itself (local folder or object store).
 
 Every file is checked before use (`generator_problem`, `checkpoint_problem`): a generator.pt or
 checkpoint.pt that cannot be read (truncated), or whose recorded config, data fingerprint or
@@ -25,13 +27,10 @@ runs the same checks over a whole cache (`inspect_entry`).
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import io
 import json
-import os
 import time
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager
 
 import torch
 
@@ -41,6 +40,7 @@ from git_ray.generative.networks import Munit
 from git_ray.generative.quality import MAX_COVERAGE_DISTANCE, MIN_LABEL_AGREEMENT, quality_check
 from git_ray.generative.samples import sample_grid_png
 from git_ray.generative.train import train_munit
+from git_ray.lease import lease_lock
 
 GENERATOR_FORMAT = "git_ray.munit_generator/1"
 CODE_VERSION = 2  # bump when networks or training change, so stale generators are not reused
@@ -71,17 +71,11 @@ def generator_paths(cache: str, fingerprint: str) -> dict[str, str]:
             "quarantine": storage.join(cache, storage.QUARANTINE, fingerprint)}
 
 
-@contextlib.contextmanager
-def file_lock(path: str) -> Iterator[None]:
-    """An exclusive fcntl lock on `path` (created if absent), released on exit or process death.
-    flock locks belong to the open file, so two threads of one process exclude each other too."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+def file_lock(path: str, term_s: float | None = None,
+              log: Callable[[str], None] = print) -> ContextManager[Any]:
+    """An exclusive lease on `path` (local file or URI): renewed while held, taken over by a
+    waiter `term_s` seconds (default $GIT_RAY_LEASE_S or 60) after its holder stops renewing."""
+    return lease_lock(path, term_s, what=f"generator lock {path}", log=log)
 
 
 def save_generator(munit: Munit, gcfg: GeneratorConfig, data_fingerprint: str) -> bytes:
@@ -210,11 +204,7 @@ def _lock_for(cache: str, fp: str, lock_factory: LockFactory | None,
               log: Callable[[str], None]) -> ContextManager[Any]:
     if lock_factory is not None:
         return lock_factory(fp)
-    if not storage.is_remote(cache):
-        return file_lock(storage.join(cache, f"{fp}.lock"))
-    log(f"generator: warning: no lock_factory for remote cache {cache}; concurrent trials may "
-        f"train generator {fp} more than once")
-    return contextlib.nullcontext()
+    return file_lock(storage.join(cache, f"{fp}.lock"), log=log)
 
 
 def get_generator(data: Any, gcfg: GeneratorConfig, *, cache: str, device: torch.device | str,

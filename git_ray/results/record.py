@@ -52,6 +52,7 @@ def build_result(
     *,
     train_seconds: float,
     device: str,
+    optuna_trial_number: int | None = None,
 ) -> TrialResult:
     """Attach the config columns to a trial's metric rows.
 
@@ -60,7 +61,8 @@ def build_result(
     generator_coverage / generator_label_agreement are null when absent).
     per_class: rows with class_id, class_rank, train_count, test_count, accuracy, ekld, consistency.
     epochs: rows with epoch, lr, train_loss, train_accuracy, val_accuracy, val_balanced_accuracy,
-    seconds. Provenance (status, version, finished_at) is filled by the writer.
+    seconds. optuna_trial_number: the Optuna study's number for the trial when a search ran it.
+    Provenance (status, version, finished_at) is filled by the writer.
     """
     flat = cfg.flat()
     metrics = dict(metrics)
@@ -71,7 +73,8 @@ def build_result(
         metrics.setdefault("ekld_tail", tail)
     for c in GENERATOR_COLUMNS:  # a trial without GIT has no generator to describe
         metrics.setdefault(c, None)
-    trial = {"trial_id": trial_id, **flat, **metrics, "train_seconds": float(train_seconds), "device": device}
+    trial = {"trial_id": trial_id, **flat, **metrics, "train_seconds": float(train_seconds), "device": device,
+             "optuna_trial_number": optuna_trial_number}
     part = {c: flat[c] for c in PARTITION_COLUMNS}
     return TrialResult(
         trial_id=trial_id,

@@ -82,12 +82,15 @@ TRIAL_METRICS: tuple[str, ...] = (
     "ekld_mean", "ekld_head", "ekld_tail", "ekld_size_spearman",
 )
 
-# The GIT generator's quality check (git_ray.generative.quality): null for trials without GIT.
+# The GIT generator's quality check (git_ray.generative.quality; schema 3): null without GIT.
 GENERATOR_COLUMNS: tuple[str, ...] = ("generator_coverage", "generator_label_agreement")
 
 TRIALS = pa.schema(
     [_ID, *CONFIG_FIELDS, *_f64(*TRIAL_METRICS, "train_seconds", *GENERATOR_COLUMNS),
      pa.field("device", pa.string()),
+     # The Optuna study's trial number when an Optuna search ran the trial (schema 2), else null;
+     # the study's trial carries this row's trial_id as its user attribute `git_ray_trial_id`.
+     pa.field("optuna_trial_number", pa.int64()),
      pa.field("status", pa.string(), nullable=False),
      pa.field("git_ray_version", pa.string(), nullable=False),
      pa.field("schema_version", pa.int64(), nullable=False),

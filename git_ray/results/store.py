@@ -401,6 +401,25 @@ def complete_trial_ids(root: str) -> set[str]:
     return {tid for tid, good in ok.items() if good}
 
 
+def complete_trial_status(root: str) -> dict[str, str]:
+    """{trial_id: status} ("ok", "stopped", ...) of the trials in `complete_trial_ids`: the
+    sweep driver's reconciliation counts stopped trials apart from finished ones."""
+    fs, base = resolve(root)
+    done = complete_trial_ids(root)
+    trials = {tid: p["trials"] for tid, p in _trial_paths(fs, base).items() if tid in done}
+
+    def status(path: str) -> str:
+        t = storage.call("read", path, lambda: pq.read_table(path, filesystem=fs, columns=["status"]))
+        return str(t.column("status")[0])
+
+    if _is_local(fs):
+        return {tid: status(p) for tid, p in trials.items()}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return dict(zip(trials, pool.map(status, trials.values())))
+
+
 def finished_trial_ids(root: str) -> set[str]:
     """The same as `complete_trial_ids` (kept for its callers): a trial whose files cannot be
     read has not finished."""

@@ -307,7 +307,8 @@ def format_report(report: Report) -> str:
     """A readable summary and table of problems (and of what repair moved)."""
     gens = (f"; generators {report.generators}: {report.generators_ok} whole" if report.generators
             else "; no generator cache found")
-    head = (f"verify {report.root}: {report.files} files read, {report.trials_ok} trials whole{gens}")
+    trials = f"{report.trials_ok} trial{'s' * (report.trials_ok != 1)}"
+    head = f"verify {report.root}: {report.files} files read, {trials} whole{gens}"
     if report.clean:
         return head + "\nno problems found"
     counts = ", ".join(f"{sum(p.kind == k for p in report.problems)} {k}" for k in KINDS

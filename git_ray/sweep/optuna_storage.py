@@ -1,5 +1,8 @@
-"""Optuna study storage for a sweep: any Optuna RDB URL, a local journal file, or a journal kept
-as objects under a remote URI (s3://...), so a study lives beside remote results too.
+"""Optuna study storage for a sweep: any Optuna RDB URL, a local journal file (a `*.log` path, or
+`journal.log` inside a local folder: Optuna's own JournalFileBackend, which optuna-dashboard
+opens), or a journal kept as objects under a remote URI (s3://...), so a study lives beside
+remote results too. Optuna has no journal backend for object stores, hence the one below; a
+study there is read with `load_study` (or copied to SQLite) rather than by optuna-dashboard.
 
 Under Ray Tune, OptunaSearch runs in the driver: it is the study's only writer. The object-store
 journal relies on that (one writer, many readers): each `append_logs` call becomes one immutable
@@ -18,6 +21,7 @@ from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, Jour
 from git_ray import storage
 
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
+JOURNAL_FILE = "journal.log"  # inside a local study folder; `optuna-dashboard <folder>/journal.log`
 
 
 class ObjectStoreJournalBackend(BaseJournalBackend):
@@ -46,7 +50,8 @@ class ObjectStoreJournalBackend(BaseJournalBackend):
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for `url`: RDB URL, `*.log`/`*.journal` file, or a remote journal folder."""
+    """An Optuna storage for `url`: RDB URL, `*.log`/`*.journal` file, a local folder (its
+    journal.log), or a remote journal folder."""
     scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
     if scheme in RDB_SCHEMES:
         if scheme == "sqlite":
@@ -57,7 +62,11 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if scheme == "":
         if url.endswith((".log", ".journal")):
             return JournalStorage(JournalFileBackend(url))
-        return JournalStorage(ObjectStoreJournalBackend(url))
+        if any(n.endswith(".json") for n in storage.listdir(url)):  # a study git_ray 0.1 kept as objects
+            return JournalStorage(ObjectStoreJournalBackend(url))
+        # A local folder: Optuna's own journal file inside it, which optuna-dashboard opens.
+        os.makedirs(url, exist_ok=True)
+        return JournalStorage(JournalFileBackend(os.path.join(url, JOURNAL_FILE)))
     if storage.is_remote(url):
         return JournalStorage(ObjectStoreJournalBackend(url))
     raise ValueError(f"study storage {url!r}: use an Optuna RDB URL (sqlite:///path.db, "

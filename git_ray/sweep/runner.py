@@ -2,17 +2,23 @@
 
 The driver's phases:
   1. validate the sweep file completely (before Ray starts),
-  2. start or join Ray, write the resolved sweep file and the environment beside the results,
-  3. train every distinct generator the grid needs once, as parallel Ray tasks (phase 0),
-  4. run the trials with a Tuner (or restore an interrupted one with --resume),
-  5. record trials that failed after their retries, print a summary, exit 1 if any failed.
+  2. take the sweep's driver lease (`<sweep>/_driver.json`: one driver per sweep),
+  3. reconcile the sweep's full trial list against the Parquet files (a trial is done when its
+     trials, per_class and epochs files all read): only the missing trials will run,
+  4. start or join Ray, write the resolved sweep file and the environment beside the results,
+  5. train every distinct generator the grid needs once, as parallel Ray tasks (phase 0),
+  6. run the missing trials with a fresh Tuner (never Tune's saved state: it can be stale or
+     damaged, and the Parquet files say what is done),
+  7. reconcile again: the counts and the exit status come from the files, not from Tune.
 Each trial is `git_ray.trial.run_trial` inside `trial_trainable`; it writes its own rows to the
 sweep's storage, so results survive the driver, and a trial already in the results is not run
-again (resume, re-runs on the same storage, Ray retries).
+again (resume, re-runs on the same storage, Ray retries). A trial that ASHA stops early is
+evaluated as it stands and written with status `stopped` (pruned in the Optuna study).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import json
 import math
@@ -21,16 +27,21 @@ import platform
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-import yaml
+import numpy as np
 
 from git_ray import __version__, storage
 from git_ray.config import ConfigError, stable_hash
+from git_ray.lease import Heartbeat, Lease, wait_until
 from git_ray.sweep.spec import SweepSpec, load_sweep
 
-TUNE_DIR = "_tune"  # Ray Tune's experiment state, inside the sweep folder (ignored by readers)
+TUNE_DIR = "_tune"  # Ray Tune's logs, one folder per driver run, inside the sweep folder
+DRIVER_LEASE = "_driver.json"  # who runs this sweep now (git_ray.lease record)
 LOCK_ACTOR = "git_ray_generator_locks"
+STOP_ACTOR = "git_ray_early_stops"
+EXIT_INTERRUPTED = 130  # the shell's convention for a command ended by Ctrl-C (128 + SIGINT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,35 +61,79 @@ def assigned_device(resources: dict[str, float]) -> str:
 
 
 @contextmanager
-def ray_lock(key: str, poll_s: float = 1.0) -> Iterator[None]:
-    """Hold a sweep-wide lock on `key` through the driver's lock actor (works across nodes)."""
+def ray_lock(key: str, lease_s: float = 60.0, poll_s: float = 1.0,
+             log: Callable[[str], None] = lambda m: print(f"[generator] {m}", flush=True)) -> Iterator[None]:
+    """Hold a sweep-wide lease on `key` through the driver's lock actor (works across nodes).
+
+    The holder renews it every lease/4 s from a background thread; if it stops (killed, node
+    lost) a waiter takes it over `lease_s` after the last renewal and, for a generator, resumes
+    from the training checkpoint the dead holder left. Waiters log who holds it every 30 s."""
     import ray
 
     actor = ray.get_actor(LOCK_ACTOR)
     token = os.urandom(8).hex()
-    while not ray.get(actor.acquire.remote(key, token)):
-        time.sleep(poll_s)
+    holder = f"{platform.node()}:{os.getpid()}"
+
+    def take() -> str | None:
+        status, info = ray.get(actor.acquire.remote(key, token, holder, lease_s))
+        if status == "taken_over":
+            log(f"warning: took over the lock on {key} from {info} (no renewal for over {lease_s:g} s)")
+        return info if status == "held" else None
+
+    wait_until(take, what=f"the lock on {key}", poll_s=min(poll_s, lease_s / 4), log=log)
+    beat = Heartbeat(lambda: ray.get(actor.renew.remote(key, token)), every_s=lease_s / 4,
+                     on_lost=lambda: log(f"warning: lost the lock on {key} (renewal missed)")).start()
     try:
         yield
     finally:
+        beat.stop()
         ray.get(actor.release.remote(key, token))
 
 
 class LockTable:
-    """A Ray actor: who holds which generator fingerprint."""
+    """A Ray actor: who holds which generator fingerprint, as leases on this actor's clock."""
 
     def __init__(self) -> None:
-        self.held: dict[str, str] = {}
+        # key -> [token, holder "host:pid", started (wall clock), last renewal (monotonic), term]
+        self.held: dict[str, list] = {}
 
-    def acquire(self, key: str, token: str) -> bool:
-        if self.held.get(key, token) != token:
+    def acquire(self, key: str, token: str, holder: str, lease_s: float) -> tuple[str, str | None]:
+        """("granted", None), ("taken_over", previous holder) or ("held", who and since when)."""
+        now = time.monotonic()
+        cur = self.held.get(key)
+        if cur is not None and cur[0] != token:
+            if now - cur[3] <= cur[4]:
+                since = time.strftime("%H:%M:%S UTC", time.gmtime(cur[2]))
+                return "held", f"{cur[1]} since {since} (renewed {now - cur[3]:.0f} s ago)"
+            self.held[key] = [token, holder, time.time(), now, lease_s]
+            return "taken_over", cur[1]
+        self.held[key] = [token, holder, cur[2] if cur else time.time(), now, lease_s]
+        return "granted", None
+
+    def renew(self, key: str, token: str) -> bool:
+        cur = self.held.get(key)
+        if cur is None or cur[0] != token:
             return False
-        self.held[key] = token
+        cur[3] = time.monotonic()
         return True
 
     def release(self, key: str, token: str) -> None:
-        if self.held.get(key) == token:
+        if self.held.get(key, [None])[0] == token:
             del self.held[key]
+
+
+class StopBoard:
+    """A Ray actor: the Tune trials the scheduler (ASHA) stopped, so that each such trial ends
+    its training, evaluates the model as it stands and writes its rows (status `stopped`)."""
+
+    def __init__(self) -> None:
+        self.stopped: set[str] = set()
+
+    def stop(self, trial_id: str) -> None:
+        self.stopped.add(trial_id)
+
+    def is_stopped(self, trial_id: str) -> bool:
+        return trial_id in self.stopped
 
 
 def epoch_metrics(row: dict) -> dict:
@@ -90,24 +145,33 @@ def final_metrics(trial_row: dict, last_epoch: dict | None, skipped: bool) -> di
     out = {f"test_{k}": trial_row[k] for k in ("accuracy", "balanced_accuracy", "few_accuracy")}
     out.update({k: trial_row[k] for k in ("ekld_mean", "ekld_tail", "ekld_size_spearman", "train_seconds")})
     out.update(epoch_metrics(last_epoch) if last_epoch else {})
-    out.update(trial_id=trial_row["trial_id"], skipped=skipped, done=True)
+    out.update(trial_id=trial_row["trial_id"], skipped=skipped, done=True,
+               stopped=trial_row.get("status") == "stopped")
     return out
 
 
 def epoch_reporter(send: Callable[[dict], None], every_s: float,
-                   clock: Callable[[], float] = time.monotonic) -> Callable[[dict], None]:
+                   clock: Callable[[], float] = time.monotonic,
+                   should_stop: Callable[[], bool] | None = None) -> Callable[[dict], Any]:
     """`send` for the first epoch row and then at most one row per `every_s` seconds.
 
     Every `tune.report` is a round trip to the driver (about 6 ms here, 40 of them in a
     quickstart trial); without a scheduler Tune only shows these rows as progress, the epochs
-    table keeps them all, and the trial's final report always carries its last epoch."""
+    table keeps them all, and the trial's final report always carries its last epoch.
+    After a row is sent, `should_stop()` (the scheduler's verdict) returning True makes the
+    reporter return STOP, which ends the training loop after this epoch."""
+    from git_ray.train.loop import STOP
+
     last = [-math.inf]
 
-    def report(row: dict) -> None:
+    def report(row: dict) -> Any:
         now = clock()
         if now - last[0] >= every_s:
             last[0] = now
             send(row)
+            if should_stop is not None and should_stop():
+                return STOP
+        return None
 
     return report
 
@@ -134,34 +198,54 @@ def local_paths_absolute(cfg, base_dir: str | None):
 
 def trial_trainable(params: dict, *, spec_json: str, base_dir: str | None = None) -> None:
     """The function Ray Tune runs for each trial: one `run_trial`, rows written to storage."""
+    import ray
     from ray import tune
 
-    from git_ray.results import read_trial, write_trial
+    from git_ray.results import write_trial
+    from git_ray.results import read_trial
     from git_ray.trial import default_generator_cache, run_trial, torch_threads
 
     spec = SweepSpec.model_validate_json(spec_json)
-    cfg = local_paths_absolute(spec.trial_config(params), base_dir)
+    optuna_number = params.get("__optuna_trial_number")  # set by LinkedOptunaSearch
+    cfg = local_paths_absolute(spec.trial_config(_params(params)), base_dir)
     node = node_id()
     stored = read_trial(spec.root, cfg.fingerprint())
-    if stored is not None:  # finished earlier (resume, re-run, retry after the write)
+    if stored is not None:  # finished earlier (a Ray retry after the write, a concurrent run)
         tune.report({**final_metrics(stored["trial"], stored["last_epoch"], skipped=True), "node_id": node})
         return
     res = spec.resources_per_trial.model_dump()
     threads = cfg.train.threads or max(1, int(res["cpu"]))
-    every_epoch = bool(spec.search and spec.search.scheduler)  # ASHA decides on every epoch
+    scheduled = bool(spec.search and spec.search.scheduler == "asha")  # ASHA decides on every epoch
+    should_stop = None
+    if scheduled:
+        board, tune_id = ray.get_actor(STOP_ACTOR), tune.get_context().get_trial_id()
+        should_stop = lambda: ray.get(board.is_stopped.remote(tune_id))  # noqa: E731
     with torch_threads(threads):
         result = run_trial(cfg, device=assigned_device(res),
                            report=epoch_reporter(lambda row: tune.report({**epoch_metrics(row), "node_id": node}),
-                                                 every_s=0.0 if every_epoch else spec.progress_every_s),
+                                                 every_s=0.0 if scheduled else spec.progress_every_s,
+                                                 should_stop=should_stop),
                            generator_cache=default_generator_cache(spec.storage),
-                           lock_factory=ray_lock)
-    write_trial(spec.root, result)
+                           lock_factory=functools.partial(ray_lock, lease_s=spec.lease_s))
+    if optuna_number is not None:
+        result.trial["optuna_trial_number"] = int(optuna_number)
+    if len(result.epochs) < cfg.train.epochs:  # stopped early: the model as it stood, evaluated
+        result.trial["status"] = "stopped"
+    try:
+        write_trial(spec.root, result)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"disk full: no space left to write trial {result.trial_id} "
+                                        f"under {spec.root}") from err
+        raise
     tune.report({**final_metrics(result.trial, result.epochs[-1] if result.epochs else None, skipped=False),
                  "node_id": node})
 
 
-def pretrain_generator(cfg_json: str, cache: str, resources: dict[str, float]) -> str:
-    """Phase 0 task: train (or find) one generator so that the trials only load it."""
+def pretrain_generator(cfg_json: str, cache: str, resources: dict[str, float], lease_s: float = 60.0,
+                       steps_log: bool = False) -> str:
+    """Phase 0 task: train (or find) one generator so that the trials only load it. Its step
+    lines (losses every 10% of training) are printed only with `steps_log` (--verbose)."""
     from git_ray.config import TrialConfig
     from git_ray.data import build_dataset
     from git_ray.generative import get_generator
@@ -172,7 +256,9 @@ def pretrain_generator(cfg_json: str, cache: str, resources: dict[str, float]) -
     with torch_threads(max(1, int(resources["cpu"]))):
         data = build_dataset(cfg.dataset).to(device)
         get_generator(data, cfg.generator, cache=cfg.generator.cache or cache, device=device,
-                      lock_factory=ray_lock, log=lambda m: print(f"[generator] {m}", flush=True))
+                      lock_factory=functools.partial(ray_lock, lease_s=lease_s),
+                      log=lambda m: None if m.startswith("generator step") and not steps_log
+                      else print(f"[generator] {m}", flush=True))
     return cfg.dataset.source
 
 
@@ -199,75 +285,111 @@ def distinct_generators(spec: SweepSpec) -> list:
     return list(seen.values())
 
 
-def param_space(spec: SweepSpec) -> dict[str, Any]:
+def sample_value(dist: dict[str, Any], rng: np.random.Generator) -> Any:
+    """One draw from a search-space distribution ({uniform|loguniform|int|choice: args})."""
+    kind, args = next(iter(dist.items()))
+    if kind == "choice":
+        return args[int(rng.integers(len(args)))]
+    if kind == "int":
+        return int(rng.integers(int(args[0]), int(args[1]) + 1))
+    if kind == "loguniform":
+        return float(math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))))
+    return float(rng.uniform(float(args[0]), float(args[1])))
+
+
+def planned_points(spec: SweepSpec) -> list[dict[str, Any]] | None:
+    """Every trial of the sweep as its {dotted key: value} point, one per distinct trial config, in
+    order: the grid, or for a random search `num_samples` draws per grid point from a generator
+    seeded by `search.seed` (so a re-run plans the same trials). None for an Optuna search, whose
+    trials are decided one by one by its study."""
+    if spec.search and spec.search.algorithm == "optuna":
+        return None
+    rng = np.random.default_rng(spec.search.seed if spec.search else 0)
+    points: dict[str, dict[str, Any]] = {}
+    for point in spec.grid_points():
+        for _ in range(spec.search.num_samples if spec.search else 1):
+            full = {**point, **{k: sample_value(d, rng) for k, d in (spec.search.space.items() if spec.search else ())}}
+            points.setdefault(spec.trial_config(full).fingerprint(), full)
+    return list(points.values())
+
+
+def points_space(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Tune param space that runs exactly `points`: a grid over their indices, every key of a
+    point filled in from it (so each trial's config shows its own keys and values)."""
     from ray import tune
 
-    space: dict[str, Any] = {k: tune.grid_search(v) for k, v in spec.grid.items()}
-    if spec.search:
-        for key, dist in spec.search.space.items():
-            kind, args = next(iter(dist.items()))
-            space[key] = {"uniform": lambda a: tune.uniform(*a), "loguniform": lambda a: tune.loguniform(*a),
-                          "int": lambda a: tune.randint(int(a[0]), int(a[1]) + 1),
-                          "choice": tune.choice}[kind](args)
+    space: dict[str, Any] = {"__point": tune.grid_search(list(range(len(points))))}
+    for key in points[0] if points else ():
+        space[key] = tune.sample_from(lambda s, key=key: points[s.config["__point"]][key])
     return space
 
 
-def make_searcher(spec: SweepSpec):
+def search_space(spec: SweepSpec) -> dict[str, Any]:
+    """The Optuna search's space as Tune distributions."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for key, dist in spec.search.space.items():
+        kind, args = next(iter(dist.items()))
+        space[key] = {"uniform": lambda a: tune.uniform(*a), "loguniform": lambda a: tune.loguniform(*a),
+                      "int": lambda a: tune.randint(int(a[0]), int(a[1]) + 1),
+                      "choice": tune.choice}[kind](args)
+    return space
+
+
+def make_searcher(spec: SweepSpec, seed_offset: int = 0):
+    """OptunaSearch on the sweep's study. The sampler's seed is search.seed plus the number of
+    trials the study already has: a re-run draws new points instead of repeating the first run's
+    (which would find their rows and add nothing)."""
     if not spec.search or spec.search.algorithm != "optuna":
         return None
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
+    from git_ray.sweep.optuna_search import LinkedOptunaSearch
     from git_ray.sweep.optuna_storage import open_storage
 
+    class PruningOptunaSearch(LinkedOptunaSearch):
+        """Tells the study PRUNED for a trial the scheduler stopped early (it still has rows)."""
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+            if result and result.get("stopped"):
+                result, error = None, False  # OptunaSearch tells a trial without a value as PRUNED
+            super().on_trial_complete(trial_id, result, error)
+
     concurrency = spec.max_concurrent_trials or 4
-    sampler = optuna.samplers.TPESampler(n_startup_trials=max(concurrency, 5), seed=spec.search.seed)
-    return OptunaSearch(metric=spec.search.tune_metric, mode=spec.search.mode, sampler=sampler,
-                        study_name=spec.search.study_name or spec.name,
-                        storage=open_storage(spec.study_storage))
+    sampler = optuna.samplers.TPESampler(n_startup_trials=max(concurrency, 5), seed=spec.search.seed + seed_offset)
+    # The study is created or continued (load_if_exists): a re-run picks up where it stopped.
+    return PruningOptunaSearch(metric=spec.search.tune_metric, mode=spec.search.mode, sampler=sampler,
+                               study_name=spec.search.study_name or spec.name,
+                               storage=open_storage(spec.study_storage), spec=spec)
 
 
-def make_scheduler(spec: SweepSpec, max_epochs: int):
+def make_scheduler(spec: SweepSpec, max_epochs: int, board=None):
+    """ASHA on the validation metric. Its STOP becomes a note on `board` (the StopBoard actor)
+    and a CONTINUE to Tune: the trial sees the note after its epoch report, evaluates the model
+    as it stands and writes its rows itself (Tune's own stop would end it without them)."""
     if not spec.search or spec.search.scheduler != "asha":
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    import ray
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-    return ASHAScheduler(time_attr="training_iteration", max_t=max_epochs + 1,
-                         grace_period=spec.search.grace_period, reduction_factor=spec.search.reduction_factor)
+    class RecordedASHA(ASHAScheduler):
+        def on_trial_result(self, tune_controller, trial, result):
+            decision = super().on_trial_result(tune_controller, trial, result)
+            if decision == TrialScheduler.STOP and board is not None and not result.get("done"):
+                ray.get(board.stop.remote(trial.trial_id))
+                return TrialScheduler.CONTINUE
+            return decision
+
+    return RecordedASHA(time_attr="training_iteration", max_t=max_epochs + 1,
+                        grace_period=spec.search.grace_period, reduction_factor=spec.search.reduction_factor)
 
 
 def make_progress_callback(spec: SweepSpec):
-    from ray import tune
+    """The one progress display (rich on a terminal, a line per trial elsewhere) + heartbeat."""
+    from git_ray.sweep.progress import SweepProgress
 
-    axes = list(spec.grid) + (list(spec.search.space) if spec.search else [])
-
-    class TrialLines(tune.Callback):
-        """One line per finished or failed trial: its key config and balanced accuracy."""
-
-        def _label(self, trial) -> str:
-            parts = []
-            for k in axes:
-                v = trial.config.get(k)
-                if isinstance(v, dict):
-                    v = "/".join(str(x) for x in v.values())
-                elif isinstance(v, float):
-                    v = f"{v:.4g}"
-                parts.append(f"{k}={v}")
-            return ", ".join(parts) or trial.trial_id
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            r = trial.last_result or {}
-            if "test_balanced_accuracy" in r:
-                how = "already in results" if r.get("skipped") else f"{r.get('train_seconds', 0):.1f}s"
-                print(f"[git-ray] finished {self._label(trial)}: balanced accuracy "
-                      f"{r['test_balanced_accuracy']:.3f}, eKLD tail {r['ekld_tail']:.4f} ({how})", flush=True)
-            else:
-                print(f"[git-ray] stopped early {self._label(trial)} at epoch {r.get('epoch', '?')}", flush=True)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"[git-ray] FAILED {self._label(trial)}: see the failed/ table", flush=True)
-
-    return TrialLines()
+    return SweepProgress(spec, verbose=spec.verbose > 0)
 
 
 def write_sweep_metadata(spec: SweepSpec, argv: list[str]) -> None:
@@ -275,8 +397,7 @@ def write_sweep_metadata(spec: SweepSpec, argv: list[str]) -> None:
     import ray
     import torch
 
-    storage.write_bytes(storage.join(spec.root, "sweep.yaml"),
-                        yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).encode())
+    storage.write_bytes(storage.join(spec.root, "sweep.yaml"), spec.to_yaml())
     env = {"git_ray": __version__, "torch": torch.__version__, "ray": ray.__version__,
            "pyarrow": pyarrow.__version__, "python": platform.python_version(),
            "platform": platform.platform(), "cuda": torch.version.cuda,
@@ -289,20 +410,47 @@ def write_sweep_metadata(spec: SweepSpec, argv: list[str]) -> None:
     storage.write_bytes(storage.join(spec.root, "environment.json"), json.dumps(env, indent=2).encode())
 
 
-def init_ray(address: str | None, num_cpus: int | None) -> None:
+def init_ray(address: str | None, num_cpus: int | None, asked: dict[str, float] | None = None,
+             verbose: int = 0) -> bool:
+    """Start a local Ray or join `address`; for a cluster, check that one trial's `asked`
+    resources fit one of its nodes (or a node type its autoscaler may start) before any work.
+    True when this call started Ray (so the driver shuts it down)."""
     import ray
 
+    from git_ray.sweep.progress import quiet_ray
+
+    # Tune's newer console output prints its experiment box even at verbose 0; its older
+    # reporter at verbose 0 prints nothing, leaving the screen to git_ray's progress display.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose else "0")
     if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+        return False
+    quiet_ray()
     kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     if address:
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, TimeoutError, ValueError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"--address {address}: no Ray cluster to join ({first}); start one "
+                              f"(`ray start --head`, or `ray up cluster.yaml`), or leave --address "
+                              f"out to run a local Ray on this machine") from None
+        if asked is not None:
+            from git_ray.sweep.resources import autoscaler_node_types, check_trials_fit, running_cluster
+
+            try:
+                check_trials_fit(asked, running_cluster(), where="this Ray cluster",
+                                 node_types=autoscaler_node_types())
+            except ConfigError:
+                ray.shutdown()  # we only joined: the cluster itself stays up
+                raise
     else:  # a fresh local Ray, never some other Ray that happens to run on this machine
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
+    return True
 
 
-def pretrain_generators(spec: SweepSpec) -> None:
+def pretrain_generators(spec: SweepSpec, beat: Callable[[], None] | None = None) -> None:
+    """Phase 0: every distinct generator as a Ray task; `beat` (the driver's heartbeat) is
+    called every few seconds while they train, so `git-ray status` sees the driver alive."""
     import ray
 
     from git_ray.trial import default_generator_cache
@@ -316,7 +464,15 @@ def pretrain_generators(spec: SweepSpec) -> None:
     cache = default_generator_cache(spec.storage)
     start = time.perf_counter()
     base_dir = os.getcwd()
-    ray.get([task.remote(local_paths_absolute(cfg, base_dir).model_dump_json(), cache, res) for cfg in todo])
+    refs = [task.remote(local_paths_absolute(cfg, base_dir).model_dump_json(), cache, res, spec.lease_s,
+                        spec.verbose > 0)
+            for cfg in todo]
+    waiting = list(refs)
+    while waiting:
+        if beat is not None:
+            beat()
+        _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=5.0)
+    ray.get(refs)  # raises a task's error, if any
     print(f"[git-ray] phase 0 done in {time.perf_counter() - start:.1f}s", flush=True)
 
 
@@ -328,88 +484,250 @@ def absolute_storage(spec: SweepSpec) -> SweepSpec:
     return spec.model_copy(update={"storage": os.path.abspath(os.path.expanduser(local))})
 
 
+@dataclass
+class Ledger:
+    """What the Parquet files say about a sweep: how many of its planned trials have rows."""
+
+    planned: int  # trials of the sweep (distinct configs; for Optuna: num_samples)
+    done: set[str] = field(default_factory=set)  # ids of its trials with all three files readable
+    counted: int = 0  # of the planned trials, how many are done (Optuna: study trials with rows)
+    status: dict[str, str] = field(default_factory=dict)  # id -> "ok" / "stopped"
+    study_trials: int = 0  # Optuna: trials in the study, whatever their state
+
+
+def take_stock(spec: SweepSpec, points: list[dict[str, Any]] | None) -> Ledger:
+    """Reconcile the sweep's trial list against its Parquet files."""
+    from git_ray.results.store import complete_trial_status
+
+    status = complete_trial_status(spec.root)
+    if points is not None:
+        planned = {spec.trial_config(p).fingerprint() for p in points}
+        done = planned & set(status)
+        return Ledger(planned=len(planned), done=done, counted=len(done), status=status)
+    done = set(status)
+    counted, total = settle_study(spec, done)
+    return Ledger(planned=spec.search.num_samples, done=done, counted=counted, status=status, study_trials=total)
+
+
+def settle_study(spec: SweepSpec, done: set[str]) -> tuple[int, int]:
+    """Bring an Optuna study in line with the Parquet files; return (its trials that have rows,
+    all its trials).
+
+    Trials a killed driver left RUNNING are told now (this driver holds the sweep's lease, so no
+    one else runs them): COMPLETE with their stored value if their rows are there (PRUNED if they
+    were stopped early), else FAIL, so that the sampler sees them and they are run again."""
+    import optuna
+
+    from git_ray.results import read_trial
+    from git_ray.sweep.optuna_storage import open_storage
+
+    try:
+        study = optuna.load_study(study_name=spec.search.study_name or spec.name,
+                                  storage=open_storage(spec.study_storage))
+    except KeyError:  # no study yet
+        return 0, 0
+    counted = 0
+    state = optuna.trial.TrialState
+    for t in study.get_trials(deepcopy=False):
+        try:
+            fp = spec.trial_config(t.params).fingerprint()
+        except ConfigError:  # a trial without all its params: never ran
+            fp = None
+        if t.state == state.RUNNING:
+            stored = read_trial(spec.root, fp) if fp in done else None
+            if stored is None:
+                study.tell(t.number, state=state.FAIL)
+                continue
+            if stored["trial"].get("status") == "stopped":
+                study.tell(t.number, state=state.PRUNED)
+            else:
+                study.tell(t.number, stored["last_epoch"][spec.search.tune_metric])
+            counted += 1
+        elif t.state in (state.COMPLETE, state.PRUNED) and fp in done:
+            counted += 1
+    return counted, len(study.trials)
+
+
+def sweep_is_running_error(spec: SweepSpec, holder) -> ConfigError:
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.started_at))
+    return ConfigError(
+        f"sweep {spec.name!r} is being run by {holder.holder} since {since} (its last heartbeat "
+        f"{holder.age_s():.0f} s ago, in {storage.join(spec.root, DRIVER_LEASE)}); wait for it or, if "
+        f"it died, run again after {max(0.0, holder.term_s - holder.age_s()):.0f} s "
+        f"(lease_s: {holder.term_s:g} s without a heartbeat)")
+
+
 def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = None,
               num_cpus: int | None = None, argv: list[str] | None = None,
-              extra_callbacks: list | None = None) -> dict[str, int]:
-    """Run (or resume) a validated sweep; return counts of finished/skipped/stopped/failed trials."""
+              extra_callbacks: list | None = None, log: Callable[[str], None] | None = None) -> dict[str, int]:
+    """Run the trials of a validated sweep that have no rows yet; return the counts of the
+    reconciliation after the run: planned, finished (now), skipped (already there), stopped
+    (early, by ASHA), failed, missing (no rows, not failed), interrupted (1 after Ctrl-C)."""
+    log = log or (lambda m: print(f"[git-ray] {m}", flush=True))
+    spec = absolute_storage(spec)
+    if resume and not storage.exists(storage.join(spec.root, "sweep.yaml")):
+        raise ConfigError(f"--resume: no sweep was started at {spec.root}; "
+                          f"run `git-ray sweep` without --resume to start it")
+    lease = Lease(storage.join(spec.root, DRIVER_LEASE), spec.lease_s, log=lambda m: log(m))
+    holder = lease.try_acquire()
+    if holder is not None:
+        raise sweep_is_running_error(spec, holder)
+    lease.start_heartbeat()
+    try:
+        return _run_leased(spec, resume=resume, address=address, num_cpus=num_cpus, argv=argv,
+                           extra_callbacks=extra_callbacks, log=log)
+    finally:
+        lease.release()
+
+
+def _run_leased(spec: SweepSpec, *, resume: bool, address: str | None, num_cpus: int | None,
+                argv: list[str] | None, extra_callbacks: list | None, log: Callable[[str], None]) -> dict[str, int]:
+    points = planned_points(spec)
+    before = take_stock(spec, points)
+    todo = [p for p in points if spec.trial_config(p).fingerprint() not in before.done] \
+        if points is not None else None
+    remaining = len(todo) if todo is not None else max(0, before.planned - before.counted)
+    log(f"{'resuming: ' if resume else ''}{before.counted} of {before.planned} trial(s) already have their "
+        f"rows in {spec.root}; {remaining} to run")
+    counts = {"planned": before.planned, "finished": 0, "skipped": before.counted, "stopped": 0,
+              "failed": 0, "missing": remaining, "interrupted": 0}
+    if remaining == 0:
+        return counts
+
     import ray
+
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C: KeyboardInterrupt, ours to handle
+    started_ray = init_ray(address, num_cpus, spec.resources_per_trial.model_dump(), spec.verbose)
+    failed_ids: set[str] = set()
+    actors = []
+    try:
+        write_sweep_metadata(spec, argv or sys.argv)
+        actors.append(ray.remote(num_cpus=0)(LockTable).options(name=LOCK_ACTOR, get_if_exists=True).remote())
+        board = None
+        if spec.search and spec.search.scheduler == "asha":
+            board = ray.remote(num_cpus=0)(StopBoard).options(name=STOP_ACTOR, get_if_exists=True).remote()
+            actors.append(board)
+        progress = make_progress_callback(spec)
+        progress.total, progress.counts["already"] = before.planned, before.counted  # the reconciliation's
+        pretrain_generators(spec, beat=lambda: progress.write_heartbeat(phase="generators"))
+        grid = make_tuner(spec, todo, remaining, board, extra_callbacks, progress,
+                          seed_offset=before.study_trials).fit()
+        for r in grid:
+            if r.error is not None:
+                cfg = spec.trial_config(_params(r.config))
+                failed_ids.add(cfg.fingerprint())
+                try:
+                    from git_ray.results import write_failure
+                    write_failure(spec.root, cfg.fingerprint(), cfg, f"{type(r.error).__name__}: {r.error}",
+                                  attempts=spec.max_failures + 1)
+                except OSError as err:  # storage down or full: the count below still says it
+                    log(f"warning: could not record failed trial {cfg.fingerprint()} in failed/: {err}")
+    except KeyboardInterrupt:
+        counts["interrupted"] = 1
+        log("interrupted (Ctrl-C): stopping the sweep")
+    finally:
+        for actor in actors:
+            with _quiet():
+                ray.kill(actor)
+        if started_ray and counts["interrupted"]:
+            with _quiet():
+                ray.shutdown()  # ends the running trials now: they would finish after our count
+
+    after = take_stock(spec, points)
+    new = after.done - before.done
+    counts["stopped"] = sum(1 for tid in new if after.status.get(tid) == "stopped")
+    counts["finished"] = max(0, after.counted - before.counted - counts["stopped"])
+    counts["failed"] = len(failed_ids - after.done)
+    counts["missing"] = max(0, after.planned - after.counted - counts["failed"])
+    return counts
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    try:
+        yield
+    except Exception:  # best-effort clean-up of Ray objects that may be gone already
+        pass
+
+
+def make_tuner(spec: SweepSpec, todo: list[dict[str, Any]] | None, remaining: int, board,
+               extra_callbacks: list | None, progress, seed_offset: int = 0):
+    """A fresh Tuner for exactly the trials still to run: the missing points of a grid or random
+    search, or `remaining` more samples of an Optuna search (its study continues)."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
-    from git_ray.results import write_failure
-
-    spec = absolute_storage(spec)
-    exp_path = storage.join(spec.root, TUNE_DIR)
     # Parquet is the record. Of Tune's own copies of every report keep only the JSON one, which
     # Tune reads back to build its result grid; CSV and TensorBoard files would be written for
     # nobody (TensorBoard's logger alone takes 0.3 s to set up). Set it to 0 to have them all.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     tune_loggers = [JsonLoggerCallback()] if os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1" else []
-    init_ray(address, num_cpus)
-    if resume and not tune.Tuner.can_restore(exp_path):
-        raise ConfigError(f"--resume: no interrupted sweep to resume at {exp_path}; "
-                          f"run `git-ray sweep` without --resume to start it")
-    write_sweep_metadata(spec, argv or sys.argv)
-    locks = ray.remote(num_cpus=0)(LockTable).options(name=LOCK_ACTOR, get_if_exists=True).remote()
-    pretrain_generators(spec)
-
     res = spec.resources_per_trial
     trainable = tune.with_resources(functools.partial(trial_trainable, spec_json=spec.model_dump_json(),
                                                       base_dir=os.getcwd()),
                                     {"cpu": res.cpu, "gpu": res.gpu})
-    if resume:
-        print(f"[git-ray] resuming {exp_path}", flush=True)
-        tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        max_epochs = max((c.train.epochs for c in spec.trial_configs()), default=1)
-        metric = spec.search.tune_metric if spec.search else None
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(spec),
-            tune_config=tune.TuneConfig(
-                metric=metric, mode=spec.search.mode if spec.search else None,
-                search_alg=make_searcher(spec), scheduler=make_scheduler(spec, max_epochs),
-                num_samples=spec.search.num_samples if spec.search else 1,
-                max_concurrent_trials=spec.max_concurrent_trials, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=TUNE_DIR, storage_path=spec.root, verbose=spec.verbose,
-                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[make_progress_callback(spec), *tune_loggers, *(extra_callbacks or [])]),
-        )
-    grid = tuner.fit()
-
-    counts = {"finished": 0, "skipped": 0, "stopped": 0, "failed": 0}
-    for r in grid:
-        if r.error is not None:
-            cfg = spec.trial_config(_params(r.config))
-            write_failure(spec.root, cfg.fingerprint(), cfg, f"{type(r.error).__name__}: {r.error}",
-                          attempts=spec.max_failures + 1)
-            counts["failed"] += 1
-        elif (r.metrics or {}).get("done"):
-            counts["skipped" if r.metrics.get("skipped") else "finished"] += 1
-        else:
-            counts["stopped"] += 1
-    ray.kill(locks)
-    return counts
+    max_epochs = max((c.train.epochs for c in spec.trial_configs()), default=1)
+    metric = spec.search.tune_metric if spec.search else None
+    optuna = todo is None
+    return tune.Tuner(
+        trainable,
+        param_space=search_space(spec) if optuna else points_space(todo),
+        tune_config=tune.TuneConfig(
+            metric=metric, mode=spec.search.mode if spec.search else None,
+            search_alg=make_searcher(spec, seed_offset), scheduler=make_scheduler(spec, max_epochs, board),
+            num_samples=remaining if optuna else 1,
+            max_concurrent_trials=spec.max_concurrent_trials, reuse_actors=True),
+        run_config=tune.RunConfig(
+            # One folder per driver run: Tune's saved state is never read back (see the module doc).
+            name=time.strftime("run-%Y%m%d-%H%M%S-") + str(os.getpid()),
+            storage_path=storage.join(spec.root, TUNE_DIR), verbose=spec.verbose,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[progress, *tune_loggers, *(extra_callbacks or [])]),
+    )
 
 
 def _params(config: dict) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("__")}
 
 
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and (err.errno == errno.ENOSPC or "No space left" in str(err))
+
+
 def run_sweep_command(args: argparse.Namespace) -> int:
-    spec = load_sweep(args.sweep, storage=args.storage, max_concurrent=args.max_concurrent)
+    spec = getattr(args, "spec", None) or load_sweep(args.sweep, storage=args.storage,
+                                                      max_concurrent=args.max_concurrent)
+    if getattr(args, "verbose", False):  # Ray Tune's own tables back, plain lines from us
+        spec = spec.model_copy(update={"verbose": max(spec.verbose, 2)})
     print(f"[git-ray] sweep {spec.name!r}: {spec.num_trials()} trial(s), "
           f"{spec.resources_per_trial.cpu:g} CPU / {spec.resources_per_trial.gpu:g} GPU each, "
           f"results in {spec.root}", flush=True)
     start = time.perf_counter()
-    counts = run_sweep(spec, resume=args.resume, address=args.address, num_cpus=args.num_cpus,
-                       argv=sys.argv)
+    rerun = f"git-ray {' '.join(sys.argv[1:])}" if sys.argv[1:2] == ["sweep"] else f"git-ray sweep {args.sweep}"
+    try:
+        counts = run_sweep(spec, resume=args.resume, address=args.address, num_cpus=args.num_cpus,
+                           argv=sys.argv)
+    except KeyboardInterrupt:
+        print(f"[git-ray] interrupted before any trial ran; run `{rerun}` to start again", flush=True)
+        return EXIT_INTERRUPTED
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        print(f"[git-ray] error: the disk holding {spec.root} is full ({err}); free space and run "
+              f"`{rerun}` again: trials with rows are kept and not run again", file=sys.stderr, flush=True)
+        return 1
     wall = time.perf_counter() - start
-    print(f"[git-ray] sweep {spec.name!r} done in {wall:.0f}s: {counts['finished']} finished, "
-          f"{counts['skipped']} already in results, {counts['stopped']} stopped early, "
-          f"{counts['failed']} failed", flush=True)
+    missing = counts["missing"] + counts["failed"]
+    print(f"[git-ray] sweep {spec.name!r} {'interrupted' if counts['interrupted'] else 'done'} after "
+          f"{wall:.0f}s: {counts['finished']} finished now, {counts['skipped']} already there, "
+          f"{counts['stopped']} stopped early (with rows), {counts['failed']} failed, "
+          f"{counts['missing']} missing, of {counts['planned']}", flush=True)
     print(f"[git-ray] results: {spec.root}/ (trials/, per_class/, epochs/"
           f"{', failed/' if counts['failed'] else ''}); analyse with: git-ray analyze {spec.root}")
-    return 1 if counts["failed"] else 0
+    if missing:
+        print(f"[git-ray] {missing} trial(s) have no rows; run `{rerun}` (or add --resume) to run "
+              f"exactly those", flush=True)
+    if counts["interrupted"]:
+        return EXIT_INTERRUPTED
+    return 1 if missing else 0

@@ -93,10 +93,15 @@ class SweepSpec(Strict):
     base: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     search: SearchSpec | None = None
-    verbose: int = Field(1, ge=0, le=3)  # Ray Tune's status output: 0 silent .. 3 everything
+    # Ray Tune's own output: 0 (default) none, git_ray's progress display instead; 1..3 Tune's
+    # status tables and per-trial boxes (`git-ray sweep --verbose` sets 2).
+    verbose: int = Field(0, ge=0, le=3)
     # Seconds between the epoch rows a trial sends to Tune (0: every epoch). A scheduler (ASHA)
     # always gets every epoch; the epochs table in the results always has every epoch.
     progress_every_s: float = Field(10.0, ge=0.0)
+    # Seconds without a heartbeat after which a lease (the sweep's driver, a generator's lock) is
+    # taken over: its holder renews it every lease_s / 4 s while alive.
+    lease_s: float = Field(60.0, gt=0.0)
 
     @field_validator("grid")
     @classmethod
@@ -147,6 +152,12 @@ class SweepSpec(Strict):
 
     def trial_configs(self) -> list[TrialConfig]:
         return [self.trial_config(p) for p in self.grid_points()]
+
+    def to_yaml(self) -> bytes:
+        """The resolved sweep file, as stored beside the results (what `git-ray status` reads)."""
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False).encode()
 
     def num_trials(self) -> int:
         per_point = self.search.num_samples if self.search else 1

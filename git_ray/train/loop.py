@@ -3,13 +3,15 @@
 Phases: resolve device and seeds -> normalisation statistics -> model, optimiser, balance
 objects -> epochs (sampler order, augmentation, step, schedule) -> per-epoch validation, handed
 to `report`. Nothing here knows about Ray or Parquet; `report(row)` is the only tie outside.
+`report` returning `STOP` ends training after that epoch (a scheduler stopped the trial early):
+the caller evaluates the model as it stands.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +20,9 @@ from git_ray.config import TrialConfig
 from git_ray.metrics import balanced_accuracy, per_class_accuracy
 from git_ray.registry import CLASS_WEIGHTS, LOSSES, NUISANCES, SAMPLERS
 from git_ray.train.optim import MomentumSGD
+
+
+STOP = "stop"  # what `report` returns to end training early (the trial was stopped by a scheduler)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -120,10 +125,11 @@ def train_classifier(
     cfg: TrialConfig,
     *,
     device: torch.device,
-    report: Callable[[dict], None] | None = None,
+    report: Callable[[dict], Any] | None = None,
     augmenter: Augmenter | None = None,
 ) -> tuple[list[dict], Normaliser]:
-    """Train `model` in place; return one row per epoch and the input normaliser it used."""
+    """Train `model` in place; return one row per epoch and the input normaliser it used
+    (fewer rows than `cfg.train.epochs` when `report` returned STOP)."""
     t, b = cfg.train, cfg.balance
     # Randomness of augmentation draws: one generator on the data's device, seeded per trial.
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + 1)
@@ -190,6 +196,6 @@ def train_classifier(
             "seconds": time.perf_counter() - start,
         }
         rows.append(row)
-        if report is not None:
-            report(row)
+        if report is not None and report(row) == STOP:
+            break
     return rows, norm
