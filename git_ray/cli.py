@@ -178,7 +178,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_generator(args: argparse.Namespace) -> int:
     from git_ray.config import load_trial_config
     from git_ray.data import build_dataset
-    from git_ray.generative import generator_fingerprint, generator_paths, get_generator
+    from git_ray.generative import (generator_fingerprint, generator_paths, get_generator, quality_line,
+                                    read_generator_meta)
     from git_ray.train.loop import resolve_device
 
     cfg = load_trial_config(args.config, args.set)
@@ -194,6 +195,7 @@ def cmd_generator(args: argparse.Namespace) -> int:
     print(f"generator {paths['fingerprint']}:")
     print(f"  checkpoint: {paths['checkpoint']}")
     print(f"  samples:    {paths['samples']}")
+    print(f"  {quality_line((read_generator_meta(data, cfg.generator, cache=cache) or {}).get('quality'))}")
     return 0
 
 

@@ -144,6 +144,9 @@ class GeneratorConfig(Strict):
     lr: float = Field(1e-4, gt=0.0)
     checkpoint_every: int = Field(500, ge=1)
     seed: int = 0  # its own seed, so trials differing only in their seed share one generator
+    # Weight of MUNIT's style reconstruction loss; None: the paper's 1. With both domains drawn
+    # from one pool, nothing else makes the decoder use the style code (see generative/train.py).
+    style_weight: float | None = Field(None, gt=0.0)
     cache: str | None = None  # folder or URI; None: <storage>/generators (train: <out>/generators)
 
 
@@ -164,7 +167,7 @@ def check_downsample(d: DatasetConfig, g: GeneratorConfig) -> None:
 
 
 CPU_FORWARD_BATCH = 256
-ADDED_AFTER_0_1 = (("eval", "val_per_class"),)  # (section, field), None by default
+ADDED_AFTER_0_1 = (("eval", "val_per_class"), ("generator", "style_weight"))  # (section, field), None by default
 
 
 class EvalConfig(Strict):

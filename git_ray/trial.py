@@ -59,15 +59,16 @@ def run_trial(
         log(f"data: {data.num_classes} classes, {len(data.y_train)} training images, "
             f"class sizes {int(data.class_counts.max())}..{int(data.class_counts.min())}")
 
-        augmenter = None
+        augmenter, quality = None, None
         if cfg.augment.git:
-            from git_ray.generative import GitAugmenter, get_generator
+            from git_ray.generative import GitAugmenter, get_generator, read_generator_meta
             cache = cfg.generator.cache or generator_cache
             if cache is None:
                 raise ValueError("augment.git needs a generator cache: set generator.cache or pass --out")
             munit = get_generator(data, cfg.generator, cache=cache, device=dev,
                                   lock_factory=lock_factory, log=log)
             augmenter = GitAugmenter(munit, data, cfg.augment, s1=cfg.train.s1, seed=cfg.seed, device=dev)
+            quality = (read_generator_meta(data, cfg.generator, cache=cache) or {}).get("quality")
 
         # Model initialisation draws from torch's global RNG; fork it so the caller's stays intact.
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
@@ -90,10 +91,12 @@ def run_trial(
             num_classes=data.num_classes, generator=gen, batch_size=cfg.eval.batch_size,
             forward_batch_size=forward)
     seconds = time.perf_counter() - start
-    return assemble_result(cfg, data, preds, class_acc, ekld_c, consistency_c, epochs, seconds, dev)
+    return assemble_result(cfg, data, preds, class_acc, ekld_c, consistency_c, epochs, seconds, dev,
+                           generator_quality=quality)
 
 
-def assemble_result(cfg, data, preds, class_acc, ekld_c, consistency_c, epochs, seconds, dev) -> TrialResult:
+def assemble_result(cfg, data, preds, class_acc, ekld_c, consistency_c, epochs, seconds, dev,
+                    generator_quality: dict | None = None) -> TrialResult:
     """The three tables' rows from a finished trial's tensors."""
     counts = data.class_counts.cpu().numpy()
     test_counts = torch.bincount(data.y_test.cpu(), minlength=data.num_classes).numpy()
@@ -109,6 +112,9 @@ def assemble_result(cfg, data, preds, class_acc, ekld_c, consistency_c, epochs, 
         "few_accuracy": _f(groups["few"]),
         "ekld_mean": float(np.nanmean(ek)),
         "ekld_size_spearman": _f(spearman(counts.astype(float), ek)),
+        # The GIT generator's quality check (its meta.json); null for trials without GIT.
+        "generator_coverage": _opt(generator_quality, "coverage_distance"),
+        "generator_label_agreement": _opt(generator_quality, "label_agreement"),
     }
     per_class = [
         {"class_id": c, "class_rank": int(rank[c]), "train_count": int(counts[c]),
@@ -123,6 +129,11 @@ def assemble_result(cfg, data, preds, class_acc, ekld_c, consistency_c, epochs, 
 def _f(x) -> float:
     x = float(x)
     return x if math.isfinite(x) else math.nan
+
+
+def _opt(d: dict | None, key: str) -> float | None:
+    v = None if d is None else d.get(key)
+    return None if v is None else float(v)
 
 
 def summary_line(result: TrialResult) -> str:

@@ -59,6 +59,14 @@ def test_first_request_trains_second_loads(tmp_path, train_calls) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["generator.pt", "meta.json", "samples.png"]
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["steps"] == 3 and meta["config"]["dim"] == TINY["dim"] and meta["seconds"] > 0
+    # The quality check rides along: label agreement and the background's coverage, in [0, 1].
+    q = meta["quality"]
+    assert 0 <= q["label_agreement"] <= 1 and 0 <= q["coverage_distance"] and 0 <= q["coverage_reach"] <= 1
+    assert q["passed"] == (q["label_agreement"] >= 0.9 and q["coverage_distance"] <= 0.15)
+    assert meta["coverage"]["n_sources"] > 0 and meta["coverage"]["true_high"] > meta["coverage"]["true_low"]
+    assert gcache.read_generator_meta(data, CFG, cache=cache) == meta
+    assert gcache.read_generator_meta(data, CFG.model_copy(update={"seed": 77}), cache=cache) is None
+    assert "label agreement" in gcache.quality_line(q) and "coverage distance" in gcache.quality_line(q)
     assert (folder / "samples.png").read_bytes().startswith(b"\x89PNG")
 
     second = get_generator(data, CFG, cache=cache, device="cpu", log=logs.append)
@@ -218,3 +226,19 @@ def test_a_truncated_training_checkpoint_restarts_training_from_zero(tmp_path) -
     assert not any("resuming" in m for m in logs)
     assert (tmp_path / "gens" / "quarantine" / paths["fingerprint"] / "checkpoint.pt").exists()
     assert (tmp_path / "gens" / paths["fingerprint"] / "generator.pt").exists() and not ck.exists()
+
+
+def test_generator_command_prints_the_quality_check(tmp_path, capsys) -> None:
+    import yaml
+
+    from git_ray.cli import main
+    from tiny_configs import TINY_BASE, TINY_GEN
+
+    cfg = tmp_path / "gen.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY_BASE, "augment": {"git": True}, "generator": TINY_GEN}))
+    assert main(["generator", str(cfg), "--out", str(tmp_path / "gens")]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "label agreement" in x)
+    assert "coverage distance" in line and ("passed" in line or "FAILED" in line)
+    meta = json.loads(next((tmp_path / "gens").glob("*/meta.json")).read_text())
+    assert f"label agreement {meta['quality']['label_agreement']:.3f}" in line

@@ -135,3 +135,28 @@ def test_real_generator_output_is_in_range_detached_and_seeded() -> None:
     other = GitAugmenter(munit, data, augment(), s1=0, seed=8, device="cpu")(x, y, epoch=0)[0]
     assert not torch.equal(other, outs[0][0])
     assert not munit.training
+
+
+def test_git_trial_rows_carry_the_generators_quality(tmp_path) -> None:
+    """A GIT trial's row holds its generator's coverage and label agreement (from meta.json),
+    through the Parquet writer; a trial without GIT holds nulls there."""
+    import pyarrow.dataset as ds
+
+    from git_ray.config import TrialConfig
+    from git_ray.generative import read_generator_meta
+    from git_ray.results import write_trial
+    from git_ray.trial import run_trial
+    from tiny_configs import TINY_BASE, TINY_GEN
+
+    cache = str(tmp_path / "gens")
+    git_cfg = TrialConfig(**{**TINY_BASE, "augment": {"git": True}, "generator": {**TINY_GEN, "cache": cache}})
+    plain_cfg = TrialConfig(**TINY_BASE)
+    out = str(tmp_path / "res")
+    for cfg in (git_cfg, plain_cfg):
+        write_trial(out, run_trial(cfg))
+    from git_ray.data import build_dataset
+    quality = read_generator_meta(build_dataset(git_cfg.dataset), git_cfg.generator, cache=cache)["quality"]
+    rows = ds.dataset(f"{out}/trials", partitioning="hive").to_table().to_pandas().set_index("augment_git")
+    assert rows.loc[True, "generator_coverage"] == pytest.approx(quality["coverage_distance"])
+    assert rows.loc[True, "generator_label_agreement"] == pytest.approx(quality["label_agreement"])
+    assert rows.loc[False, ["generator_coverage", "generator_label_agreement"]].isna().all()

@@ -57,6 +57,8 @@ class LongTailData:
     image_size: int
     fingerprint: str  # dataset_fingerprint(cfg): equal for configs that give the same data
     class_order: Tensor | None = None  # (C,) int64: class_order[rank] = class id, rank 0 largest
+    nuisance: str = "none"  # the registered nuisance applied (what a generator should learn)
+    nuisance_strength: float = 0.0
 
     def to(self, device: torch.device | str) -> "LongTailData":
         """A copy with every tensor on `device`."""
@@ -156,4 +158,5 @@ def build_dataset(cfg: DatasetConfig) -> LongTailData:
         class_counts=torch.from_numpy(counts), num_classes=C, channels=pools.channels,
         image_size=pools.image_size, fingerprint=dataset_fingerprint(cfg),
         class_order=torch.from_numpy(order.astype(np.int64)),
+        nuisance=cfg.nuisance, nuisance_strength=cfg.nuisance_strength,
     )

@@ -4,7 +4,8 @@ Layout under the cache location (a local folder or a pyarrow.fs URI such as s3:/
 
     <cache>/<fingerprint>/generator.pt     final generator weights + spec + config (self-describing)
     <cache>/<fingerprint>/samples.png      sample grid: sources, then the same content in k styles
-    <cache>/<fingerprint>/meta.json        config, data fingerprint, steps, seconds, device
+    <cache>/<fingerprint>/meta.json        config, data fingerprint, steps, seconds, device, and its
+                                           quality check (label agreement, nuisance coverage)
     <cache>/<fingerprint>/checkpoint.pt    resumable training state; removed once generator.pt exists
     <cache>/<fingerprint>.lock             the lease of whoever trains it (git_ray.lease), while it trains
     <cache>/_staging/                      local writes in progress (renamed into place when whole)
@@ -36,12 +37,13 @@ import torch
 from git_ray.config import GeneratorConfig, stable_hash
 from git_ray import storage
 from git_ray.generative.networks import Munit
+from git_ray.generative.quality import MAX_COVERAGE_DISTANCE, MIN_LABEL_AGREEMENT, quality_check
 from git_ray.generative.samples import sample_grid_png
 from git_ray.generative.train import train_munit
 from git_ray.lease import lease_lock
 
 GENERATOR_FORMAT = "git_ray.munit_generator/1"
-CODE_VERSION = 1  # bump when networks or training change, so stale generators are not reused
+CODE_VERSION = 2  # bump when networks or training change, so stale generators are not reused
 
 LockFactory = Callable[[str], ContextManager[Any]]
 
@@ -238,12 +240,37 @@ def get_generator(data: Any, gcfg: GeneratorConfig, *, cache: str, device: torch
         staging = paths["staging"]
         storage.write_bytes(paths["samples"], sample_grid_png(munit, data, seed=gcfg.seed, device=device),
                             staging=staging)
+        quality = quality_check(munit, data, device=device, seed=gcfg.seed)
+        coverage = quality.pop("coverage")  # the details (ranges, noise floor) get their own key
+        log(f"generator: {quality_line(quality)}")
         meta = {"fingerprint": fp, "data_fingerprint": data.fingerprint,
                 "config": gcfg.model_dump(exclude={"cache"}), "steps": gcfg.steps,
-                "seconds": round(seconds, 3), "device": str(device), "code_version": CODE_VERSION}
+                "seconds": round(seconds, 3), "device": str(device), "code_version": CODE_VERSION,
+                "quality": quality, "coverage": coverage}
         storage.write_bytes(paths["meta"], json.dumps(meta, indent=2).encode(), staging=staging)
         # Written last: its presence is what marks the entry complete.
         storage.write_bytes(paths["checkpoint"], save_generator(munit, gcfg, data.fingerprint), staging=staging)
         storage.delete(paths["training_checkpoint"])  # optimizer + discriminator state: no longer needed
         log(f"generator: trained in {seconds:.1f} s; samples at {paths['samples']}")
         return munit
+
+
+def read_generator_meta(data: Any, gcfg: GeneratorConfig, *, cache: str) -> dict[str, Any] | None:
+    """The meta.json of the generator for (data, gcfg), or None if it was never written."""
+    path = generator_paths(cache, generator_fingerprint(data.fingerprint, gcfg))["meta"]
+    if not storage.exists(path):
+        return None
+    return json.loads(storage.read_bytes(path))
+
+
+def quality_line(quality: dict[str, Any] | None) -> str:
+    """One human line from a meta.json "quality" entry."""
+    if not quality:
+        return "quality: not measured"
+    cov = quality.get("coverage_distance")
+    cov_txt = ("coverage: nothing to measure for nuisance " + repr(quality.get("nuisance")) if cov is None else
+               f"coverage distance {cov:.3f} (0 = the true nuisance; <= {MAX_COVERAGE_DISTANCE} passes), "
+               f"reach {quality['coverage_reach']:.2f}")
+    return (f"label agreement {quality['label_agreement']:.3f} (>= {MIN_LABEL_AGREEMENT} passes; judge "
+            f"{quality['judge_accuracy']:.3f}), {cov_txt}: "
+            + ("passed" if quality.get("passed") else "FAILED"))

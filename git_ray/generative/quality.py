@@ -1,4 +1,4 @@
-"""Does a trained generator keep the class while changing the nuisance? Two numbers say.
+"""Does a trained generator keep the class while changing the nuisance? Three numbers say.
 
 - `label_agreement`: a judge classifier (a small CNN trained here, a few epochs) labels
   translations of n class-balanced training sources, each in `styles` random styles; the fraction
@@ -12,6 +12,13 @@
   (on digits with the background nuisance it equals the drawn background intensity exactly).
   `style_variation_real` is the same statistic's spread over the real training images, the
   nuisance's own spread: a generator that renders the nuisance's range gets close to it.
+- `coverage_distance` / `coverage_reach` (git_ray.generative.coverage): for fixed contents and
+  random styles, how far the measured nuisance parameter's distribution is from the true
+  nuisance's (0 = the same), and the share of its range reached. Unlike the two above, a
+  generator that copies its input fails it.
+
+`passed` is label agreement >= MIN_LABEL_AGREEMENT and coverage distance <= MAX_COVERAGE_DISTANCE
+(coverage counts only where the nuisance has a parameter to measure).
 """
 from __future__ import annotations
 
@@ -21,8 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from git_ray.generative.coverage import background_level, nuisance_coverage
 from git_ray.generative.networks import Munit
 from git_ray.generative.train import BalancedSampler
+from git_ray.registry import NUISANCES
+
+MIN_LABEL_AGREEMENT = 0.9
+MAX_COVERAGE_DISTANCE = 0.15
+JUDGE_PER_CLASS = 100  # judge images per class from each held-out set: bounds its cost on K49 sizes
+JUDGE_IMAGE_STEPS = 60_000  # at most this many training images seen (epochs x set size), >= 3 epochs
 
 
 class JudgeCNN(nn.Module):
@@ -66,24 +80,36 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
     return torch.cat([model(xb).argmax(1) for xb in x.split(batch_size)])
 
 
-def background_level(x: Tensor) -> Tensor:
-    """(B, C, H, W) -> (B,): median of the outer one-pixel border, averaged over channels."""
-    ring = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1)  # (B, C, P)
-    return ring.median(dim=-1).values.mean(dim=-1)
+def first_per_class(y: Tensor, k: int) -> Tensor:
+    """Indices of the first k images of every class of y (N,), in their order."""
+    y = y.cpu()
+    order = torch.argsort(y, stable=True)  # grouped by class, original order inside
+    counts = torch.bincount(y)
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(y)) - start[y[order]]  # position of each image inside its class
+    return torch.sort(order[rank < k]).values
 
 
-def fit_judge(data: Any, *, device: torch.device | str, seed: int, epochs: int = 15) -> JudgeCNN:
+def fit_judge(data: Any, *, device: torch.device | str, seed: int, epochs: int = 15,
+              per_class: int = JUDGE_PER_CLASS) -> JudgeCNN:
     """The judge: a JudgeCNN on the held-out balanced images (val and test with their nuisance,
-    plus the clean test images), so it knows the nuisance's whole range."""
-    return train_judge(torch.cat([data.x_val, data.x_test, data.x_test_clean]),
-                       torch.cat([data.y_val, data.y_test, data.y_test]), data.num_classes,
+    plus the clean test images), so it knows the nuisance's whole range; at most `per_class`
+    images a class from each of the three, and fewer epochs where that makes many images."""
+    iv, it = first_per_class(data.y_val, per_class), first_per_class(data.y_test, per_class)
+    n = len(iv) + 2 * len(it)
+    epochs = max(min(3, epochs), min(epochs, JUDGE_IMAGE_STEPS // max(n, 1)))  # 49 classes: 4 epochs
+    return train_judge(torch.cat([data.x_val[iv], data.x_test[it], data.x_test_clean[it]]),
+                       torch.cat([data.y_val[iv], data.y_test[it], data.y_test[it]]), data.num_classes,
                        epochs=epochs, seed=seed, device=torch.device(device))
 
 
 @torch.no_grad()
 def quality_check(munit: Munit, data: Any, *, device: torch.device | str, seed: int, n: int = 200,
-                  styles: int = 8, judge_epochs: int = 15, judge: nn.Module | None = None) -> dict[str, float]:
-    """label_agreement, judge_accuracy, style_variation and style_variation_real (module docstring).
+                  styles: int = 8, judge_epochs: int = 15, judge: nn.Module | None = None,
+                  nuisance: str | None = None, nuisance_strength: float | None = None,
+                  style_scale: float = 1.0) -> dict[str, Any]:
+    """label_agreement, judge_accuracy, style_variation(_real), coverage_* and passed (module
+    docstring). The nuisance defaults to the data's own (`data.nuisance`, its strength).
     Pass a `judge` from `fit_judge` to score several generators of one data set against one judge."""
     device = torch.device(device)
     if judge is None:
@@ -105,11 +131,22 @@ def quality_check(munit: Munit, data: Any, *, device: torch.device | str, seed: 
     out = torch.stack(outs, dim=1)  # (n, styles, C, H, W)
     preds = predict(judge, out.flatten(0, 1)).cpu().view(n, styles)
     level = background_level(out.flatten(0, 1)).view(n, styles)  # (n, styles)
+    agreement = float((preds == labels[:, None]).float().mean())
+    name = nuisance if nuisance is not None else data.nuisance
+    strength = nuisance_strength if nuisance_strength is not None else data.nuisance_strength
+    cov = nuisance_coverage(munit, data, name, NUISANCES.build(name, strength=strength), device=device,
+                            seed=seed, style_scale=style_scale)
+    distance = None if cov is None else cov["coverage_distance"]
     return {
-        "label_agreement": float((preds == labels[:, None]).float().mean()),
+        "label_agreement": agreement,
         "judge_accuracy": float(judge_acc),
         "style_variation": float(level.std(dim=1).mean()),
         "style_variation_real": float(background_level(data.x_train).std()),
+        "coverage_distance": distance,
+        "coverage_reach": None if cov is None else cov["coverage_reach"],
+        "coverage": cov,
+        "nuisance": name,
+        "passed": agreement >= MIN_LABEL_AGREEMENT and (distance is None or distance <= MAX_COVERAGE_DISTANCE),
         "n_sources": n,
         "styles": styles,
     }

@@ -77,7 +77,7 @@ def _lsgan_g(fake: Tensor) -> Tensor:
 
 def munit_step(munit: Munit, dis: Discriminator, opt_g: torch.optim.Optimizer,
                opt_d: torch.optim.Optimizer, x_a: Tensor, x_b: Tensor, z_a: Tensor,
-               z_b: Tensor) -> dict[str, Tensor]:
+               z_b: Tensor, w_style: float = W_STYLE) -> dict[str, Tensor]:
     """One discriminator and one generator update. x_* (B, C, H, W) in [-1, 1]; z_* (B, style_dim)."""
     c_a, s_a = munit.encode(x_a)  # (B, D, h, w), (B, S)
     c_b, s_b = munit.encode(x_b)
@@ -99,7 +99,7 @@ def munit_step(munit: Munit, dis: Discriminator, opt_g: torch.optim.Optimizer,
     style = F.l1_loss(z_b_rec, z_b) + F.l1_loss(z_a_rec, z_a)
     content = F.l1_loss(c_ab, c_a) + F.l1_loss(c_ba, c_b)
     adv = _lsgan_g(dis(x_ab)) + _lsgan_g(dis(x_ba))
-    g_loss = W_ADV * adv + W_IMAGE * image + W_STYLE * style + W_CONTENT * content
+    g_loss = W_ADV * adv + W_IMAGE * image + w_style * style + W_CONTENT * content
     opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
     opt_g.step()
@@ -165,6 +165,7 @@ def train_munit(data: Any, gcfg: Any, *, device: torch.device | str = "cpu",
         storage.write_bytes(storage.join(_parent(checkpoint_path), "samples.png"), png)
         munit.train()
 
+    w_style = W_STYLE if gcfg.style_weight is None else gcfg.style_weight
     log_every = log_every or max(1, gcfg.steps // 10)
     munit.train()
     dis.train()
@@ -178,7 +179,7 @@ def train_munit(data: Any, gcfg: Any, *, device: torch.device | str = "cpu",
         x = x_train[idx.to(device)] * 2 - 1  # (2B, C, H, W) in [-1, 1]
         x_a, x_b = x.chunk(2)
         z_a, z_b = z.chunk(2)
-        losses = munit_step(munit, dis, opt_g, opt_d, x_a, x_b, z_a, z_b)
+        losses = munit_step(munit, dis, opt_g, opt_d, x_a, x_b, z_a, z_b, w_style=w_style)
         step += 1
         if checkpoint_path is not None and (step % gcfg.checkpoint_every == 0 or step == gcfg.steps):
             save()

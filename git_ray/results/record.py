@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from git_ray.config import TrialConfig
-from git_ray.results.schema import PARTITION_COLUMNS
+from git_ray.results.schema import GENERATOR_COLUMNS, PARTITION_COLUMNS
 
 
 @dataclass
@@ -57,7 +57,8 @@ def build_result(
     """Attach the config columns to a trial's metric rows.
 
     metrics: the trial's summary metrics (accuracy, balanced_accuracy, many/medium/few_accuracy,
-    ekld_mean, ekld_size_spearman; ekld_head / ekld_tail are computed from per_class when absent).
+    ekld_mean, ekld_size_spearman; ekld_head / ekld_tail are computed from per_class when absent;
+    generator_coverage / generator_label_agreement are null when absent).
     per_class: rows with class_id, class_rank, train_count, test_count, accuracy, ekld, consistency.
     epochs: rows with epoch, lr, train_loss, train_accuracy, val_accuracy, val_balanced_accuracy,
     seconds. optuna_trial_number: the Optuna study's number for the trial when a search ran it.
@@ -70,6 +71,8 @@ def build_result(
         head, tail = head_tail_mean([r["train_count"] for r in rows], [r["ekld"] for r in rows])
         metrics.setdefault("ekld_head", head)
         metrics.setdefault("ekld_tail", tail)
+    for c in GENERATOR_COLUMNS:  # a trial without GIT has no generator to describe
+        metrics.setdefault(c, None)
     trial = {"trial_id": trial_id, **flat, **metrics, "train_seconds": float(train_seconds), "device": device,
              "optuna_trial_number": optuna_trial_number}
     part = {c: flat[c] for c in PARTITION_COLUMNS}

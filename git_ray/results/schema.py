@@ -82,8 +82,11 @@ TRIAL_METRICS: tuple[str, ...] = (
     "ekld_mean", "ekld_head", "ekld_tail", "ekld_size_spearman",
 )
 
+# The GIT generator's quality check (git_ray.generative.quality; schema 3): null without GIT.
+GENERATOR_COLUMNS: tuple[str, ...] = ("generator_coverage", "generator_label_agreement")
+
 TRIALS = pa.schema(
-    [_ID, *CONFIG_FIELDS, *_f64(*TRIAL_METRICS, "train_seconds"),
+    [_ID, *CONFIG_FIELDS, *_f64(*TRIAL_METRICS, "train_seconds", *GENERATOR_COLUMNS),
      pa.field("device", pa.string()),
      # The Optuna study's trial number when an Optuna search ran the trial (schema 2), else null;
      # the study's trial carries this row's trial_id as its user attribute `git_ray_trial_id`.

@@ -1,0 +1,184 @@
+"""Nuisance coverage: does a generator's style code span the nuisance's true range?
+
+A measurer reads a nuisance's parameter out of an image, given the clean source it was made
+from, without asking the generator anything:
+
+    background -> the mean intensity of the pixels that are background (0) in the clean source
+                  (the border median where the source has none)
+    dilation   -> stroke area of the image over stroke area of its clean source (pixels > 0.5)
+    rotation   -> the angle (degrees) whose rotation of the source best matches the image, from
+                  a grid of angles searched in one batched call
+    none       -> nothing to measure (coverage is not defined)
+
+`MEASURERS` is keyed like `NUISANCES`, and a test makes every registered nuisance have one.
+
+A generator's coverage (`nuisance_coverage`): n class-balanced training images are held fixed as
+content, each decoded under `styles` random style codes; the parameter is measured on each
+output against the image's clean source. The reference is the true nuisance applied `true_draws`
+times to the same clean sources, measured the same way. Per source, the 1-Wasserstein distance
+between the generated and the true values, divided by the width of the true values' range,
+averaged over sources: 0 = the style code alone reproduces the nuisance's distribution for every
+content; a generator that copies its input (one value per source, whatever the style) scores
+about 1/3 on a uniform nuisance. Comparing per source (not pooled) matters: the training images
+already carry one nuisance draw each, so a copying generator's pooled values look right.
+`reach` is the share of the true range that the generated values reach: the true range cut in
+`bins` equal bins, the share of those holding true values that also hold generated ones (pooled
+over sources). `noise_floor` is the same distance between two independent true samples of the
+sizes used: the score a perfect generator gets from sampling alone.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from git_ray.data.nuisances import BACKGROUND_EPS, Nuisance
+from git_ray.registry import Registry
+
+# measurer(images (B, C, H, W) in [0, 1], clean sources (B, C, H, W) in [0, 1]) -> (B,) values
+Measurer = Callable[[Tensor, Tensor], Tensor]
+MEASURERS: Registry = Registry("nuisance measurer")
+
+STROKE_LEVEL = 0.5  # a pixel above this is stroke (ink) for the dilation measurer
+ROTATION_STEP_DEG = 5.0  # grid of the rotation search: 72 angles over the full circle
+COVERAGE_BINS = 10
+
+
+@MEASURERS.register("none")
+def measure_nothing() -> None:
+    """The identity nuisance has no parameter: coverage is not defined for it."""
+    return None
+
+
+def background_level(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B,): median of the outer one-pixel ring, averaged over channels (digits
+    and characters rarely reach the border, so this is the background's level)."""
+    ring = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1)  # (B, C, P)
+    return ring.median(dim=-1).values.mean(dim=-1)
+
+
+@MEASURERS.register("background")
+def build_background_measurer() -> Measurer:
+    def measure(x: Tensor, clean: Tensor) -> Tensor:
+        is_bg = (clean <= BACKGROUND_EPS).all(dim=1, keepdim=True).expand_as(x)  # (B, C, H, W)
+        n_bg = is_bg.flatten(1).sum(1)  # (B,)
+        level = (x * is_bg).flatten(1).sum(1) / n_bg.clamp_min(1)  # (B,) mean background intensity
+        # A source with no background pixel at all (rare): fall back to the border median.
+        return torch.where(n_bg > 0, level, background_level(x))
+
+    return measure
+
+
+@MEASURERS.register("dilation")
+def build_dilation_measurer() -> Measurer:
+    def measure(x: Tensor, clean: Tensor) -> Tensor:
+        area = (x > STROKE_LEVEL).flatten(1).sum(1).float()  # (B,)
+        clean_area = (clean > STROKE_LEVEL).flatten(1).sum(1).float().clamp_min(1)  # (B,)
+        return area / clean_area
+
+    return measure
+
+
+def rotate(x: Tensor, degrees: Tensor) -> Tensor:
+    """Rotate each image of (B, C, H, W) about its centre by degrees (B,), bilinear, zero fill."""
+    a = degrees * (math.pi / 180)
+    cos, sin, zero = torch.cos(a), torch.sin(a), torch.zeros_like(a)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, H, W, 2)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@MEASURERS.register("rotation")
+def build_rotation_measurer(step_deg: float = ROTATION_STEP_DEG, chunk: int = 64) -> Measurer:
+    angles = torch.arange(-180.0, 180.0, step_deg)  # (A,)
+
+    def measure(x: Tensor, clean: Tensor) -> Tensor:
+        out = []
+        grid = angles.to(x.device)
+        for i in range(0, len(x), chunk):  # chunks bound the (b, A, C, H, W) candidates' memory
+            xc, cc = x[i:i + chunk], clean[i:i + chunk]
+            b, a = len(xc), len(grid)
+            cand = rotate(cc.repeat_interleave(a, 0), grid.repeat(b))  # (b * A, C, H, W)
+            err = (cand.view(b, a, -1) - xc.flatten(1)[:, None]).pow(2).mean(-1)  # (b, A)
+            out.append(grid[err.argmin(1)])
+        return torch.cat(out)
+
+    return measure
+
+
+def wasserstein_1d(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise 1-Wasserstein distance between empirical samples a (R, n) and b (R, m):
+    the integral of |F_a - F_b| over the merged support."""
+    v = torch.cat([a, b], dim=1).sort(dim=1).values  # (R, n + m)
+    widths = v[:, 1:] - v[:, :-1]  # (R, n + m - 1)
+    at = v[:, :-1].contiguous()
+    fa = torch.searchsorted(a.sort(dim=1).values.contiguous(), at, right=True) / a.shape[1]
+    fb = torch.searchsorted(b.sort(dim=1).values.contiguous(), at, right=True) / b.shape[1]
+    return ((fa - fb).abs() * widths).sum(dim=1)  # (R,)
+
+
+def coverage_from_values(gen: Tensor, true: Tensor, true_ref: Tensor | None = None,
+                         bins: int = COVERAGE_BINS) -> dict[str, float]:
+    """Scores from measured values: gen (n, K) per source under K styles, true (n, T) per source
+    under T true draws; true_ref (n, T'), a second independent true sample, gives the noise floor."""
+    lo, hi = float(true.min()), float(true.max())
+    width = hi - lo
+    if width <= 0:  # a nuisance of strength 0: every true value is the same
+        width = 1.0
+    distance = float(wasserstein_1d(gen, true).mean() / width)
+    edges = torch.linspace(lo, hi, bins + 1)[1:-1]
+    # Per source: the bins its true values fill, and which of those its generated values reach
+    # (a generated value outside the true range reaches no bin: it goes to an extra column).
+    def filled(v: Tensor) -> Tensor:  # (n, m) values -> (n, bins) bool
+        b = torch.bucketize(v.cpu().contiguous(), edges)
+        b = torch.where((v.cpu() >= lo) & (v.cpu() <= hi), b, torch.full_like(b, bins))
+        return F.one_hot(b, bins + 1)[..., :bins].amax(dim=1).bool()
+
+    true_hit, gen_hit = filled(true), filled(gen)
+    reach = float(((true_hit & gen_hit).sum(1) / true_hit.sum(1).clamp_min(1)).mean())
+    out = {"coverage_distance": distance, "coverage_reach": reach,
+           "true_low": lo, "true_high": hi,
+           "generated_low": float(gen.min()), "generated_high": float(gen.max())}
+    if true_ref is not None:
+        out["noise_floor"] = float(wasserstein_1d(true_ref, true).mean() / width)
+    return out
+
+
+@torch.no_grad()
+def nuisance_coverage(munit: Any, data: Any, nuisance_name: str, nuisance: Nuisance, *,
+                      device: torch.device | str, seed: int, n: int = 64, styles: int = 32,
+                      true_draws: int = 128, style_scale: float = 1.0) -> dict[str, float] | None:
+    """Coverage of a generator (module docstring); None for a nuisance with nothing to measure.
+
+    `munit` needs `content_encoder(x)`, `decode(content, z)` and `style_dim` (images in [-1, 1]);
+    `data` needs x_train, x_train_clean and y_train. Styles are N(0, I) * style_scale, as GIT
+    draws them at use."""
+    from git_ray.generative.train import BalancedSampler  # here: train imports torch.optim
+
+    measure = MEASURERS.build(nuisance_name)
+    if measure is None:
+        return None
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(seed)
+    idx = BalancedSampler(data.y_train, g)(n)  # (n,) class-balanced sources
+    src = data.x_train[idx].to(device)  # (n, C, H, W) in [0, 1], with their own nuisance draw
+    clean = data.x_train_clean[idx].to(device)  # the same images before it
+
+    content = munit.content_encoder(src * 2 - 1)  # (n, D, h, w)
+    gen = []
+    for _ in range(styles):
+        z = (torch.randn(n, munit.style_dim, generator=g) * style_scale).to(device)  # (n, S)
+        out = ((munit.decode(content, z) + 1) / 2).clamp(0, 1)  # (n, C, H, W)
+        gen.append(measure(out.float(), clean))
+    gen_v = torch.stack(gen, dim=1).cpu()  # (n, styles)
+
+    def true_values(draws: int) -> Tensor:
+        rep = clean.repeat(draws, 1, 1, 1)  # (draws * n, C, H, W): draw-major
+        return measure(nuisance(rep, g), rep).view(draws, n).T.cpu()  # (n, draws)
+
+    true_v = true_values(true_draws)
+    ref_v = true_values(styles)
+    return {**coverage_from_values(gen_v, true_v, ref_v), "n_sources": n, "styles": styles}
