@@ -54,7 +54,10 @@ def k49_lt_size() -> int:
 
 def _limit_memory(device: torch.device, n: int) -> None:
     if device.type == "cuda":
-        torch.cuda.set_per_process_memory_fraction(1.0 / n, device)
+        # torch 2.11 rejects a CUDA device without an index here (ValueError): name the index
+        # ("cuda" means the current device).
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.set_per_process_memory_fraction(1.0 / n, index)
 
 
 def _classifier_worker(rank: int, n: int, device_name: str, images: int, steps: int, warmup: int,
