@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from typing import Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import numpy as np
 import torch
@@ -81,6 +81,7 @@ def run_trials(
     out: list[TrialResult | Exception | None] = [None] * G
     with torch_threads(cfgs[0].train.threads):
         members, models, index = [], [], []
+        runs: dict[int, Any] = {}
         for i, cfg in enumerate(cfgs):
             try:
                 data, augmenter, model = _prepare(cfg, dev, generator_cache, lock_factory, log)
@@ -92,24 +93,30 @@ def run_trials(
             members.append(Member(cfg, data, reports[i], augmenter))
             models.append(model)
             index.append(i)
-        if members:
-            net = models[0] if len(models) == 1 else place_model(stack_classifiers(models), dev)
-            runs = train_members(net, members, device=dev, compile_mode=compile_mode)
+        # Members train together when their batches line up: the same number of training images.
+        parts: dict[int, list[int]] = {}
+        for j, m in enumerate(members):
+            parts.setdefault(len(m.data.y_train), []).append(j)
+        for part in parts.values():
+            ms = [members[j] for j in part]
+            net = models[part[0]] if len(part) == 1 else place_model(stack_classifiers([models[j] for j in part]), dev)
+            for j, run in zip(part, train_members(net, ms, device=dev, compile_mode=compile_mode)):
+                runs[j] = run
             if isinstance(net, StackedClassifier):
                 net.unstack_into()  # each member's trained network, for its own evaluation
-            seconds = (time.perf_counter() - start) / len(members)
-            for i, m, model, run in zip(index, members, models, runs):
-                if run.error is not None:
-                    if G == 1:
-                        raise run.error
-                    out[i] = run.error
-                    continue
-                try:
-                    out[i] = _evaluate(m.cfg, m.data, model, run, dev, seconds)
-                except Exception as err:  # noqa: BLE001
-                    if G == 1:
-                        raise
-                    out[i] = err
+        seconds = (time.perf_counter() - start) / max(len(members), 1)
+        for j, (i, m, model) in enumerate(zip(index, members, models)):
+            if runs[j].error is not None:
+                if G == 1:
+                    raise runs[j].error
+                out[i] = runs[j].error
+                continue
+            try:
+                out[i] = _evaluate(m.cfg, m.data, model, runs[j], dev, seconds)
+            except Exception as err:  # noqa: BLE001
+                if G == 1:
+                    raise
+                out[i] = err
     return out  # type: ignore[return-value]
 
 

@@ -160,6 +160,74 @@ def trial_trainable(params: dict, *, spec_json: str, base_dir: str | None = None
                  "node_id": node})
 
 
+FUSED_KEY = "fused_members"  # the one param-space axis of a fused sweep: a group's grid points
+
+
+def fused_trainable(params: dict, *, spec_json: str, base_dir: str | None = None) -> None:
+    """What Ray Tune runs for a group of fused trials (sweep key `fuse`): the members without
+    rows train as one stacked network (`run_trials`); each finished member's rows are written
+    under its own trial_id, and a member that failed alone (e.g. a NaN loss) is recorded in
+    failed/ alone. Progress rows to Tune are the first member's; the last report counts."""
+    from ray import tune
+
+    from git_ray.results import trial_exists, write_failure, write_trial
+    from git_ray.trial import default_generator_cache, run_trials, torch_threads
+
+    spec = SweepSpec.model_validate_json(spec_json)
+    cfgs = [local_paths_absolute(spec.trial_config(p), base_dir) for p in params[FUSED_KEY]]
+    node = node_id()
+    todo = [c for c in cfgs if not trial_exists(spec.root, c.fingerprint())]  # resume, re-run, retry
+    res = spec.resources_per_trial.model_dump()
+    finished = failed = 0
+    if todo:
+        progress = epoch_reporter(lambda row: tune.report({**epoch_metrics(row), "members": len(todo),
+                                                           "node_id": node}), every_s=spec.progress_every_s)
+        with torch_threads(todo[0].train.threads or max(1, int(res["cpu"]))):
+            results = run_trials(todo, device=assigned_device(res), reports=[progress] + [None] * (len(todo) - 1),
+                                 generator_cache=default_generator_cache(spec.storage), lock_factory=ray_lock)
+        for cfg, result in zip(todo, results):
+            if isinstance(result, Exception):
+                write_failure(spec.root, cfg.fingerprint(), cfg, f"{type(result).__name__}: {result}", attempts=1)
+                failed += 1
+            else:
+                write_trial(spec.root, result)
+                finished += 1
+    tune.report({"done": True, "members": len(cfgs), "finished": finished, "skipped": len(cfgs) - len(todo),
+                 "failed_members": failed, "node_id": node})
+
+
+def fused_param_space(spec: SweepSpec) -> dict[str, Any]:
+    from ray import tune
+
+    return {FUSED_KEY: tune.grid_search(spec.fused_groups())}
+
+
+def count_fused_results(spec: SweepSpec, grid) -> dict[str, int]:
+    """Per-member counts of a fused sweep's result grid; the members of a group that failed
+    for good (after its retries) without rows are recorded in failed/."""
+    from git_ray.results import trial_exists, write_failure
+
+    counts = {"finished": 0, "skipped": 0, "stopped": 0, "failed": 0}
+    for r in grid:
+        m = r.metrics or {}
+        if r.error is None and m.get("done"):
+            counts["finished"] += m["finished"]
+            counts["skipped"] += m["skipped"]
+            counts["failed"] += m["failed_members"]
+            continue
+        for params in r.config[FUSED_KEY]:
+            cfg = spec.trial_config(params)
+            if trial_exists(spec.root, cfg.fingerprint()):
+                counts["finished"] += 1
+            elif r.error is not None:
+                write_failure(spec.root, cfg.fingerprint(), cfg, f"{type(r.error).__name__}: {r.error}",
+                              attempts=spec.max_failures + 1)
+                counts["failed"] += 1
+            else:
+                counts["stopped"] += 1
+    return counts
+
+
 def pretrain_generator(cfg_json: str, cache: str, resources: dict[str, float]) -> str:
     """Phase 0 task: train (or find) one generator so that the trials only load it."""
     from git_ray.config import TrialConfig
@@ -270,6 +338,25 @@ def make_progress_callback(spec: SweepSpec):
     return TrialLines()
 
 
+def make_fused_progress_callback():
+    from ray import tune
+
+    class GroupLines(tune.Callback):
+        """One line per finished or failed group of fused trials: how its members ended."""
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            r = trial.last_result or {}
+            if r.get("done"):
+                print(f"[git-ray] fused group of {r['members']}: {r['finished']} finished, "
+                      f"{r['skipped']} already in results, {r['failed_members']} failed", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"[git-ray] FAILED a fused group of {len(trial.config[FUSED_KEY])}: see the failed/ table",
+                  flush=True)
+
+    return GroupLines()
+
+
 def write_sweep_metadata(spec: SweepSpec, argv: list[str]) -> None:
     import pyarrow
     import ray
@@ -354,8 +441,9 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
     pretrain_generators(spec)
 
     res = spec.resources_per_trial
-    trainable = tune.with_resources(functools.partial(trial_trainable, spec_json=spec.model_dump_json(),
-                                                      base_dir=os.getcwd()),
+    fused = spec.fuse_size > 1
+    trainable = tune.with_resources(functools.partial(fused_trainable if fused else trial_trainable,
+                                                      spec_json=spec.model_dump_json(), base_dir=os.getcwd()),
                                     {"cpu": res.cpu, "gpu": res.gpu})
     if resume:
         print(f"[git-ray] resuming {exp_path}", flush=True)
@@ -365,7 +453,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
         metric = spec.search.tune_metric if spec.search else None
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space(spec),
+            param_space=fused_param_space(spec) if fused else param_space(spec),
             tune_config=tune.TuneConfig(
                 metric=metric, mode=spec.search.mode if spec.search else None,
                 search_alg=make_searcher(spec), scheduler=make_scheduler(spec, max_epochs),
@@ -375,12 +463,13 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
                 name=TUNE_DIR, storage_path=spec.root, verbose=spec.verbose,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[make_progress_callback(spec), *tune_loggers, *(extra_callbacks or [])]),
+                callbacks=[make_fused_progress_callback() if fused else make_progress_callback(spec),
+                           *tune_loggers, *(extra_callbacks or [])]),
         )
     grid = tuner.fit()
 
     counts = {"finished": 0, "skipped": 0, "stopped": 0, "failed": 0}
-    for r in grid:
+    for r in grid if not fused else []:
         if r.error is not None:
             cfg = spec.trial_config(_params(r.config))
             write_failure(spec.root, cfg.fingerprint(), cfg, f"{type(r.error).__name__}: {r.error}",
@@ -390,6 +479,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
             counts["skipped" if r.metrics.get("skipped") else "finished"] += 1
         else:
             counts["stopped"] += 1
+    if fused:
+        counts = count_fused_results(spec, grid)
     ray.kill(locks)
     return counts
 

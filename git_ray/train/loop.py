@@ -238,6 +238,7 @@ def train_members(model: nn.Module, members: list[Member], *, device: torch.devi
     alive_t = torch.ones(G, dtype=torch.bool, device=device)  # (G,)
     bad_epoch = torch.full((G,), -1, dtype=torch.long, device=device)  # (G,) first non-finite loss
     bad_step = torch.full((G,), -1, dtype=torch.long, device=device)
+    bad_loss = torch.zeros(G, device=device)  # (G,) that loss
     for epoch in range(t.epochs):
         start = time.perf_counter()
         model.train()
@@ -265,6 +266,7 @@ def train_members(model: nn.Module, members: list[Member], *, device: torch.devi
                 newly = ~torch.isfinite(losses.detach()) & (bad_epoch < 0)
                 bad_epoch = torch.where(newly, epoch, bad_epoch)
                 bad_step = torch.where(newly, step, bad_step)
+                bad_loss = torch.where(newly, losses.detach().float(), bad_loss)
             opt.zero_grad(set_to_none=True)
             # Parameters are disjoint, so the sum gives each member its own gradient.
             torch.where(alive_t, losses, 0.0).sum().backward()
@@ -273,12 +275,13 @@ def train_members(model: nn.Module, members: list[Member], *, device: torch.devi
             correct += (logits.detach().argmax(2) == y).sum(0)
             seen += len(y)
             if t.nan_check and ((step + 1) % nan_check_every == 0 or step == len(sizes) - 1):
-                for g, (e, st) in enumerate(zip(bad_epoch.tolist(), bad_step.tolist())):  # one sync
+                found = torch.stack([bad_epoch, bad_step, bad_loss.double()]).tolist()  # one sync
+                for g, (e, st, value) in enumerate(zip(*found)):
                     if e >= 0 and alive[g]:
                         alive[g] = False
                         runs[g].error = NonFiniteLossError(
-                            f"training loss became non-finite at epoch {e}, step {st} "
-                            f"(lr {lr_at(members[g].cfg, e):.3g}); lower train.lr or check the data")
+                            f"training loss became {value} at epoch {int(e)}, step {int(st)} "
+                            f"(lr {lr_at(members[g].cfg, int(e)):.3g}); lower train.lr or check the data")
                 alive_t = torch.tensor(alive, device=device)
             if not any(alive):
                 return runs
