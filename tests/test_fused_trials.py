@@ -143,6 +143,21 @@ def test_member_sgd_updates_each_member_with_its_own_lr():
     assert torch.equal(after[n:], before[conv][n:])  # lr 0 left member 1 alone
 
 
+def test_member_sgd_one_update_for_alike_members_equals_the_per_member_one():
+    cfgs = _cfgs("resnet20")[:2]
+    nets = [stack_classifiers([_prepare(c, CPU, None, None, lambda m: None)[2] for c in cfgs]) for _ in range(2)]
+    opts = [MemberSGD(n, lr=[0.1, 0.1], momentum=[0.9, 0.9], weight_decay=[5e-4, 5e-4]) for n in nets]
+    gen = torch.Generator().manual_seed(3)
+    for step in range(3):
+        x = torch.rand(6, 2, 16, 16, generator=gen)
+        for i, (net, opt) in enumerate(zip(nets, opts)):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+            opt.step() if i == 0 else opt._step_members(None)  # one stacked update vs member by member
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(a, b)
+
+
 def test_stacking_rejects_different_archs():
     a = _prepare(_cfgs("small_cnn")[0], CPU, None, None, lambda m: None)[2]
     b = _prepare(_cfgs("resnet20")[0], CPU, None, None, lambda m: None)[2]
