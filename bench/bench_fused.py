@@ -173,8 +173,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     set_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its kernels once
     args.images = args.images or k49_lt_size()
     groups = [int(g) for g in (args.groups or ("1,4,16,64" if cuda else "1,4")).split(",")]
     separate = (not cuda) if args.separate is None else args.separate
@@ -182,6 +180,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"   {args.arch} width {args.width} on {args.images:,} images x 28x28x1 per member, batch {args.batch}, "
           f"{args.epochs} epochs (first untimed), device {device}")
     out: dict[str, float] = {}
+
+    def save() -> None:  # after every figure: a run cut short by a time limit keeps what it measured
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"machine": machine(device), "argv": argv, "figures": out}, f, indent=1)
+
     for g in groups:
         r = fused_rate(list(range(g)), args, device)
         out.update({f"fused.g{g}.{k}": v for k, v in r.items()})
@@ -190,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             s = separate_rate(list(range(g)), args, device)
             out.update({f"separate.g{g}.{k}": v for k, v in s.items()})
             out[f"fused_vs_separate.g{g}"] = r["images_per_s"] / s["images_per_s"]
+        save()
     for mode in [m for m in args.compile.split(",") if m]:
         try:
             r = fused_rate(list(range(args.compile_group)), args, device, compile_mode=None if mode == "none" else mode)
@@ -200,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         out.update({f"compile.{mode}.g{args.compile_group}.{k}": v for k, v in r.items()})
         print(f"   compile {mode} G={args.compile_group}: {r['images_per_s']:,.0f} images/s "
               f"(first epoch {r['first_epoch_s']:.1f} s)", flush=True)
+        save()
     best = max(v for k, v in out.items() if k.endswith(".images_per_s") and not k.startswith("separate."))
     out["best_images_per_s"] = best
     if not args.no_projection:
@@ -215,9 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if not args.no_projection:
         print_figures(f"projected K49 study, classifiers fused ({'GPU' if cuda else 'CPU: not meaningful'})",
                       {k: v for k, v in out.items() if k.startswith(("k49_study.", "input."))})
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine(device), "argv": argv, "figures": out}, f, indent=1)
+    save()
     return out
 
 

@@ -223,6 +223,8 @@ def train_members(model: nn.Module, members: list[Member], *, device: torch.devi
         if (m.cfg.train.epochs, m.cfg.train.batch_size, m.cfg.train.amp) != (t.epochs, t.batch_size, t.amp):
             raise ValueError("fused members must share train.epochs, train.batch_size and train.amp")
     states = [_MemberState.build(m, device) for m in members]
+    if device.type == "cuda":  # a few fixed shapes, thousands of steps: cuDNN picks its kernels once
+        torch.backends.cudnn.benchmark = True
     use_amp = t.amp and device.type == "cuda"
     if fused:
         opt: Any = MemberSGD(model, lr=[m.cfg.train.lr for m in members],
