@@ -4,6 +4,7 @@ separate processes, and the K49 study projected on the best path.
     python -m bench.bench_fused [--device cuda] [--groups 1,4,16,64] [--epochs 2]
                                 [--images N] [--width 16] [--arch resnet20] [--batch 128]
                                 [--compile none,default,reduce-overhead] [--compile-group 16]
+                                [--stacking auto|grouped|members]
                                 [--separate] [--share-json GPU_SHARE.json | --gen-total STEPS_PER_S]
                                 [--json OUT.json]
 
@@ -85,7 +86,8 @@ def fused_rate(members: list[int], args: argparse.Namespace, device: torch.devic
             torch.manual_seed(i)
             models.append(place_model(ARCHS.build(cfg.model.arch, in_channels=1, num_classes=K49_CLASSES,
                                                   width=cfg.model.width, head=cfg.head, image_size=28), device))
-    net = models[0] if len(models) == 1 else place_model(stack_classifiers(models), device)
+    grouped = {"auto": None, "grouped": True, "members": False}[args.stacking]
+    net = models[0] if len(models) == 1 else place_model(stack_classifiers(models, grouped=grouped), device)
     data = [member_data(i, args.images, device) for i in members]
     start = time.perf_counter()
     runs = train_members(net, [Member(c, d) for c, d in zip(cfgs, data)], device=device, compile_mode=compile_mode)
@@ -152,6 +154,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--arch", default="resnet20")
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--stacking", choices=("auto", "grouped", "members"), default="auto",
+                    help="grouped convolutions or the members' own networks in turn (auto: grouped on CUDA)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: leave)")
     ap.add_argument("--separate", action=argparse.BooleanOptionalAction, default=None,
                     help="also time the members alone in separate processes (default: on CPU)")

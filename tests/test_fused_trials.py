@@ -54,10 +54,11 @@ def _train_alone(cfg, double: bool = False):
     return model, run
 
 
-def _train_fused(cfgs, double: bool = False, **kw):
+def _train_fused(cfgs, double: bool = False, grouped: bool = True, **kw):
+    """Trained together; grouped (the GPU path, tested here on the CPU) unless told otherwise."""
     prepared = [_prep(c, double) for c in cfgs]
     models = [p[2] for p in prepared]
-    stacked = stack_classifiers(models)
+    stacked = stack_classifiers(models, grouped=grouped)
     runs = train_members(stacked, [Member(c, p[0], None, p[1]) for c, p in zip(cfgs, prepared)], device=CPU, **kw)
     stacked.unstack_into()
     return models, runs
@@ -83,6 +84,16 @@ def test_fused_members_train_as_if_alone(arch, double):
         # the members really trained apart: their first convolutions differ
         first = next(k for k in theirs if k.endswith("weight"))
         assert not torch.allclose(models[0].state_dict()[first], models[1].state_dict()[first])
+
+
+def test_member_by_member_path_is_separate_runs_exactly():
+    cfgs = _cfgs("small_cnn")
+    models, runs = _train_fused(cfgs, grouped=False)  # the CPU default
+    for cfg, model, run in zip(cfgs, models, runs):
+        alone, ref = _train_alone(cfg)
+        assert run.rows == [{**r, "seconds": got["seconds"]} for r, got in zip(ref.rows, run.rows)]
+        for (name, a), b in zip(model.state_dict().items(), alone.state_dict().values()):
+            assert torch.equal(a, b), name
 
 
 def test_fused_evaluation_equals_separate_trials():
@@ -129,7 +140,7 @@ def test_lone_nan_still_raises_with_its_epoch():
 def test_member_sgd_updates_each_member_with_its_own_lr():
     cfgs = _cfgs("small_cnn")[:2]
     models = [_prepare(c, CPU, None, None, lambda m: None)[2] for c in cfgs]
-    stacked = stack_classifiers(models)
+    stacked = stack_classifiers(models, grouped=True)
     assert isinstance(stacked, StackedClassifier) and stacked.members == 2
     before = {k: v.clone() for k, v in stacked.state_dict().items()}
     opt = MemberSGD(stacked, lr=[0.1, 0.0], momentum=[0.9, 0.9], weight_decay=[0.0, 0.0])
@@ -145,7 +156,8 @@ def test_member_sgd_updates_each_member_with_its_own_lr():
 
 def test_member_sgd_one_update_for_alike_members_equals_the_per_member_one():
     cfgs = _cfgs("resnet20")[:2]
-    nets = [stack_classifiers([_prepare(c, CPU, None, None, lambda m: None)[2] for c in cfgs]) for _ in range(2)]
+    nets = [stack_classifiers([_prepare(c, CPU, None, None, lambda m: None)[2] for c in cfgs], grouped=True)
+            for _ in range(2)]
     opts = [MemberSGD(n, lr=[0.1, 0.1], momentum=[0.9, 0.9], weight_decay=[5e-4, 5e-4]) for n in nets]
     gen = torch.Generator().manual_seed(3)
     for step in range(3):
