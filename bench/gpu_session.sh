@@ -9,6 +9,8 @@
 #
 # Steps (each under its own time limit; one failing does not stop the others):
 #   env        versions, the GPU, which optional packages import
+#   equality   bench.fused_equality: 3 members fused (grouped cuDNN convolutions) vs alone, float32,
+#              TF32 off: loss and weight differences, test accuracy both ways -> equality.json
 #   gpu_share  bench_gpu_share (the fixed memory cap): classifiers packed 1 and 4 processes,
 #              generators 1, 4 and 8, evaluation, eKLD, GIT step -> gpu_share.json
 #   fused      bench_fused: G = 1, 4, 16, 64 fused ResNet-20s at K49 size, the K49 projection with
@@ -26,13 +28,15 @@ if [ "${1:-}" = "--cpu-smoke" ]; then
   SHARE=(--procs 1 --gen-procs 1 --steps 2 --warmup 1 --gen-steps 2 --gen-warmup 1 --gen-dim 8 --images 128 --git-steps 0)
   FUSED=(--groups 1,2 --epochs 2 --images 64 --batch 16 --width 2 --separate)
   COMPILE=(--groups 2 --epochs 2 --images 64 --batch 16 --width 2 --no-separate --compile none --compile-group 2 --no-projection)
-  LIMITS=(60 240 240 240)
+  EQUAL=(--arch small_cnn --epochs 1)
+  LIMITS=(60 240 240 240 240)
 else
   DEV=cuda
   SHARE=(--procs 1,4 --gen-procs 1,4,8 --steps 100 --warmup 20 --gen-steps 40 --gen-warmup 10 --git-steps 10)
   FUSED=(--groups 1,4,16,64 --epochs 2)
   COMPILE=(--groups 16 --epochs 3 --no-projection --compile default,reduce-overhead --compile-group 16)
-  LIMITS=(30 130 120 140)  # 7 minutes at most in all
+  EQUAL=(--arch resnet20 --epochs 2)
+  LIMITS=(30 45 130 110 100)  # 7 minutes at most in all
 fi
 
 step() {  # step NAME LIMIT_S CMD...: run with a time limit, log to $OUT/NAME.log, show its tail
@@ -58,15 +62,17 @@ for m in ('git_ray.trial', 'pydantic', 'optuna', 'pyarrow', 'sklearn', 'PIL', 't
 "
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$OUT/env.log" 2>&1
 
-step gpu_share "${LIMITS[1]}" "$PY" -m bench.bench_gpu_share --device "$DEV" "${SHARE[@]}" --json "$OUT/gpu_share.json"
+step equality "${LIMITS[1]}" "$PY" -m bench.fused_equality --device "$DEV" "${EQUAL[@]}" --json "$OUT/equality.json"
+
+step gpu_share "${LIMITS[2]}" "$PY" -m bench.bench_gpu_share --device "$DEV" "${SHARE[@]}" --json "$OUT/gpu_share.json"
 
 if [ -s "$OUT/gpu_share.json" ]; then
   PROJ=(--share-json "$OUT/gpu_share.json")
 else  # gpu_share failed: measure one generator process here instead
   PROJ=()
 fi
-step fused "${LIMITS[2]}" "$PY" -m bench.bench_fused --device "$DEV" "${FUSED[@]}" "${PROJ[@]}" --json "$OUT/fused.json"
+step fused "${LIMITS[3]}" "$PY" -m bench.bench_fused --device "$DEV" "${FUSED[@]}" "${PROJ[@]}" --json "$OUT/fused.json"
 
-step compile "${LIMITS[3]}" "$PY" -m bench.bench_fused --device "$DEV" "${COMPILE[@]}" --json "$OUT/compile.json"
+step compile "${LIMITS[4]}" "$PY" -m bench.bench_fused --device "$DEV" "${COMPILE[@]}" --json "$OUT/compile.json"
 
 echo "== done: $(ls "$OUT" | tr '\n' ' ')"

@@ -44,7 +44,9 @@ def test_gpu_session_cpu_smoke_runs_every_step(tmp_path):
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     steps = (tmp_path / "steps.txt").read_text().splitlines()
-    assert len(steps) == 4 and all("rc=0" in s for s in steps), steps
+    assert len(steps) == 5 and all("rc=0" in s for s in steps), steps
+    equal = json.loads((tmp_path / "equality.json").read_text())["figures"]
+    assert all(equal[f"member{g}.weight_rel_diff"] < 1e-3 for g in range(3))
     fused = json.loads((tmp_path / "fused.json").read_text())["figures"]
     assert fused["fused_vs_separate.g2"] > 0 and fused["k49_study.total_gpu_h"] > 0
     assert "compile.none.g2.images_per_s" in json.loads((tmp_path / "compile.json").read_text())["figures"]
