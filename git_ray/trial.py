@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from git_ray.config import TrialConfig
-from git_ray.data import build_dataset
+from git_ray.data import build_dataset, dataset_fingerprint
 from git_ray.metrics import balanced_accuracy, ekld, group_accuracies, per_class_accuracy, spearman
 from git_ray.registry import ARCHS, NUISANCES
 from git_ray.results import TrialResult, build_result
@@ -82,9 +82,10 @@ def run_trials(
     with torch_threads(cfgs[0].train.threads):
         members, models, index = [], [], []
         runs: dict[int, Any] = {}
+        datasets: dict[str, Any] = {}  # members on the same data share it (read-only in training)
         for i, cfg in enumerate(cfgs):
             try:
-                data, augmenter, model = _prepare(cfg, dev, generator_cache, lock_factory, log)
+                data, augmenter, model = _prepare(cfg, dev, generator_cache, lock_factory, log, datasets)
             except Exception as err:  # noqa: BLE001  (one member's failure is that member's alone)
                 if G == 1:
                     raise
@@ -120,9 +121,16 @@ def run_trials(
     return out  # type: ignore[return-value]
 
 
-def _prepare(cfg: TrialConfig, dev: torch.device, generator_cache, lock_factory, log):
-    """A trial's data on the device, its GIT augmenter (or None) and its seeded, placed network."""
-    data = build_dataset(cfg.dataset).to(dev)
+def _prepare(cfg: TrialConfig, dev: torch.device, generator_cache, lock_factory, log,
+             datasets: dict[str, Any] | None = None):
+    """A trial's data on the device (from `datasets`, by data fingerprint, when an earlier
+    member built it), its GIT augmenter (or None) and its seeded, placed network."""
+    key = dataset_fingerprint(cfg.dataset)
+    data = datasets.get(key) if datasets is not None else None
+    if data is None:
+        data = build_dataset(cfg.dataset).to(dev)
+        if datasets is not None:
+            datasets[key] = data
     log(f"data: {data.num_classes} classes, {len(data.y_train)} training images, "
         f"class sizes {int(data.class_counts.max())}..{int(data.class_counts.min())}")
 

@@ -175,3 +175,10 @@ def test_stacking_rejects_different_archs():
     b = _prepare(_cfgs("resnet20")[0], CPU, None, None, lambda m: None)[2]
     with pytest.raises(ValueError, match="cannot stack"):
         stack_classifiers([a, b])
+
+
+def test_members_on_the_same_data_share_it():
+    cfgs = _cfgs("small_cnn")  # members 0 and 2: the same data config; member 1: another instance
+    cache: dict = {}
+    data = [_prepare(c, CPU, None, None, lambda m: None, cache)[0] for c in cfgs]
+    assert data[0] is data[2] and data[1] is not data[0] and len(cache) == 2
