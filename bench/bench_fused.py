@@ -185,7 +185,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"{args.epochs} epochs (first untimed), device {device}")
     out: dict[str, float] = {}
 
+    # from a file: read now, and the projection follows every figure
+    shared = shared_rates(args, device) if args.share_json and not args.no_projection else None
+
     def save() -> None:  # after every figure: a run cut short by a time limit keeps what it measured
+        measured = [v for k, v in out.items() if k.endswith(".images_per_s") and not k.startswith("separate.")]
+        if measured:
+            out["best_images_per_s"] = max(measured)
+            if shared is not None:
+                project(out, shared)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"machine": machine(device), "argv": argv, "figures": out}, f, indent=1)
@@ -210,23 +218,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"   compile {mode} G={args.compile_group}: {r['images_per_s']:,.0f} images/s "
               f"(first epoch {r['first_epoch_s']:.1f} s)", flush=True)
         save()
-    best = max(v for k, v in out.items() if k.endswith(".images_per_s") and not k.startswith("separate."))
-    out["best_images_per_s"] = best
-    if not args.no_projection:
+    if not args.no_projection and shared is None:
         shared = shared_rates(args, device)
-        ekld_s = shared["eval.ekld_seconds"] * EKLD_PAIRS / shared["eval.ekld_pairs"]
-        proj = project_k49(best, shared["eval.eval_images_per_s"], ekld_s,
-                           shared["generator.best_total_steps_per_s"], shared.get("git.images_per_s"),
-                           k49_lt_size())
-        out.update({f"k49_study.{k}": v for k, v in proj.items()})
-        out.update({f"input.{k}": v for k, v in shared.items()})
+    save()
     print_figures("fused classifiers (images/s in total; ratio fused / separate processes)",
                   {k: v for k, v in out.items() if k.startswith(("fused", "separate", "compile", "best"))})
     if not args.no_projection:
         print_figures(f"projected K49 study, classifiers fused ({'GPU' if cuda else 'CPU: not meaningful'})",
                       {k: v for k, v in out.items() if k.startswith(("k49_study.", "input."))})
-    save()
     return out
+
+
+def project(out: dict[str, float], shared: dict[str, float]) -> None:
+    """The K49 study's GPU-hours with the classifiers at the best fused rate so far, into `out`."""
+    ekld_s = shared["eval.ekld_seconds"] * EKLD_PAIRS / shared["eval.ekld_pairs"]
+    proj = project_k49(out["best_images_per_s"], shared["eval.eval_images_per_s"], ekld_s,
+                       shared["generator.best_total_steps_per_s"], shared.get("git.images_per_s"), k49_lt_size())
+    out.update({f"k49_study.{k}": v for k, v in proj.items()})
+    out.update({f"input.{k}": v for k, v in shared.items()})
 
 
 if __name__ == "__main__":
