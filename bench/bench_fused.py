@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         try:
             r = fused_rate(list(range(args.compile_group)), args, device, compile_mode=None if mode == "none" else mode)
         except Exception as err:  # noqa: BLE001  (a compiler failure is a finding, not the end of the bench)
-            print(f"   compile {mode} G={args.compile_group}: FAILED {type(err).__name__}: {str(err)[:300]}", flush=True)
+            print(f"   compile {mode} G={args.compile_group}: FAILED {type(err).__name__}: {str(err)[:300]}",
+                  flush=True)
             out[f"compile.{mode}.g{args.compile_group}.failed"] = 1.0
             continue
         out.update({f"compile.{mode}.g{args.compile_group}.{k}": v for k, v in r.items()})
