@@ -34,7 +34,7 @@ else
   DEV=cuda
   SHARE=(--procs 1,4 --gen-procs 1,4,8 --steps 100 --warmup 20 --gen-steps 40 --gen-warmup 10 --git-steps 10)
   FUSED=(--groups 1,4,16,64 --epochs 2)
-  COMPILE=(--groups 16 --epochs 3 --no-projection --compile default,reduce-overhead --compile-group 16)
+  COMPILE=(--groups 16 --epochs 2 --no-projection --compile default,reduce-overhead --compile-group 16)
   EQUAL=(--arch resnet20 --epochs 2)
   LIMITS=(30 45 130 110 100)  # 7 minutes at most in all
 fi
