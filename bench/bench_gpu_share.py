@@ -54,7 +54,10 @@ def k49_lt_size() -> int:
 
 def _limit_memory(device: torch.device, n: int) -> None:
     if device.type == "cuda":
-        torch.cuda.set_per_process_memory_fraction(1.0 / n, device)
+        # torch 2.11 rejects a CUDA device without an index here (ValueError): name the index
+        # ("cuda" means the current device).
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.set_per_process_memory_fraction(1.0 / n, index)
 
 
 def _classifier_worker(rank: int, n: int, device_name: str, images: int, steps: int, warmup: int,
@@ -238,6 +241,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--gen-dim", type=int, default=64, help="MUNIT width (the paper's 64; smaller for smoke runs)")
     ap.add_argument("--images", type=int, default=None, help="training images per process (default: K49-LT's)")
     ap.add_argument("--git-steps", type=int, default=20, help="timed GIT steps for the GIT line (0: skip)")
+    ap.add_argument("--json", default=None, help="also write the figures and the machine to this file "
+                                                 "(bench_fused --share-json reads it)")
     return ap.parse_args(argv)
 
 
@@ -281,6 +286,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                                                               if k.startswith(("eval.", "git."))})
     print_figures(f"projected K49 study on one {'GPU' if device.type == 'cuda' else 'CPU (not meaningful)'}",
                   {k: v for k, v in out.items() if k.startswith("k49_study.")})
+    if args.json:
+        import json
+
+        from bench.common import machine
+
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(device), "argv": argv, "figures": out}, f, indent=1)
     return out
 
 

@@ -36,8 +36,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 import git_ray.balance  # noqa: F401  (registers losses, samplers, class weights)
@@ -171,6 +169,9 @@ class PerImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int):
+        import torchvision.transforms.functional as TF  # the reference path only: GPU runs go without it
+        from PIL import Image
+
         img = Image.fromarray(self.images[i])
         img = self.transform(img, self.rng)
         if self.flip and self.rng.random() < 0.5:

@@ -11,14 +11,16 @@ import os
 import platform
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageChops, ImageFilter
 from torch import Tensor, nn
 
 from git_ray.registry import ARCHS
+
+if TYPE_CHECKING:  # Pillow only for the per-image reference path: the GPU benches run without it
+    from PIL import Image
 
 # ---------------------------------------------------------------------------------------------
 # The machine
@@ -195,6 +197,8 @@ def calibrated_model(arch: str, x: Tensor, num_classes: int, *, device: torch.de
 
 def _shift(img: Image.Image, dy: int, dx: int, fill: int) -> Image.Image:
     """img moved down by dy and right by dx, the uncovered border filled with `fill`."""
+    from PIL import Image
+
     out = Image.new(img.mode, img.size, (fill,) * len(img.getbands()) if len(img.getbands()) > 1 else fill)
     out.paste(img, (dx, dy))
     return out
@@ -205,6 +209,8 @@ def pil_morph(img: Image.Image, k: int, dilate: bool) -> Image.Image:
     odd sizes only, so an even k is a (k-1) square filter plus a 2x2 max/min of shifted copies
     (squares add under Minkowski sum); the 2x2 window covers the pixel and the one above / left,
     which puts an even window k // 2 before the pixel, as OpenCV's anchor (and git_ray's) does."""
+    from PIL import ImageChops, ImageFilter
+
     if k == 1:
         return img
     rank = ImageFilter.MaxFilter if dilate else ImageFilter.MinFilter
@@ -220,6 +226,8 @@ def pil_morph(img: Image.Image, k: int, dilate: bool) -> Image.Image:
 def pil_nuisance(name: str, strength: float = 1.0) -> Callable[[Image.Image, np.random.Generator], Image.Image]:
     """The per-image version of a git_ray nuisance, as the paper's code applies it: PIL rotate
     (bicubic), a numpy background mask, PIL Max/MinFilter for stroke width."""
+    from PIL import Image
+
     if name == "none":
         return lambda img, rng: img
     if name == "rotation":

@@ -22,7 +22,7 @@ from ray import tune
 
 from git_ray import storage
 from git_ray.sweep.console import fmt_duration, trial_label
-from git_ray.sweep.spec import SweepSpec
+from git_ray.sweep.spec import FUSED_KEY, SweepSpec
 from git_ray.sweep.status import HEARTBEAT_EVERY_S, STATUS_FILE
 
 
@@ -99,7 +99,7 @@ class SweepProgress(tune.Callback):
     # -- Tune hooks --------------------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running[trial.trial_id] = {"trial_id": self._git_ray_id(trial), "params": self._params(trial),
-                                        "started_at": self.clock()}
+                                        "started_at": self.clock(), "members": _members(trial)}
         self.slots = max(self.slots, len(self.running))
         self._refresh(force=True)
 
@@ -107,7 +107,16 @@ class SweepProgress(tune.Callback):
         start = self.running.pop(trial.trial_id, {}).get("started_at")
         r = trial.last_result or {}
         label = trial_label(trial.config, self.axes) or trial.trial_id
-        if "test_balanced_accuracy" in r:
+        if FUSED_KEY in trial.config and r.get("done"):  # a fused group: its members' counts
+            trained = r["finished"] + r["failed_members"]
+            self.counts["done"] += r["finished"]
+            self.counts["already"] += r["skipped"]
+            self.counts["failed"] += r["failed_members"]
+            if trained and start is not None:  # one member's share of the group's wall time
+                self.trial_seconds += [(self.clock() - start) / trained] * trained
+            self._line(f"fused group of {r['members']}: {r['finished']} finished, {r['skipped']} already "
+                       f"in results, {r['failed_members']} failed")
+        elif "test_balanced_accuracy" in r:
             skipped = bool(r.get("skipped"))
             self.counts["already" if skipped else "done"] += 1
             if not skipped:
@@ -126,7 +135,7 @@ class SweepProgress(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.pop(trial.trial_id, None)
-        self.counts["failed"] += 1
+        self.counts["failed"] += _members(trial)
         self._line(f"FAILED {trial_label(trial.config, self.axes) or trial.trial_id}: see the failed/ table")
         self._refresh(force=True)
 
@@ -143,7 +152,7 @@ class SweepProgress(tune.Callback):
         return sum(self.counts.values())
 
     def pending(self) -> int:
-        return max(0, self.total - self.finished() - len(self.running))
+        return max(0, self.total - self.finished() - sum(r["members"] for r in self.running.values()))
 
     def eta_s(self) -> float | None:
         """Remaining trials x their measured mean length / the slots seen running at once."""
@@ -151,7 +160,7 @@ class SweepProgress(tune.Callback):
             return None
         mean = sum(self.trial_seconds) / len(self.trial_seconds)
         elapsed_running = sum(self.clock() - r["started_at"] for r in self.running.values())
-        left = (self.pending() + len(self.running)) * mean - elapsed_running
+        left = (self.pending() + sum(r["members"] for r in self.running.values())) * mean - elapsed_running
         return max(0.0, left / self.slots)
 
     def summary(self) -> str:
@@ -243,3 +252,8 @@ class SweepProgress(tune.Callback):
             return self.spec.trial_config(self._params(trial)).fingerprint()
         except Exception:  # noqa: BLE001 - a label for people; the trial itself reports any config error
             return None
+
+
+def _members(trial: Any) -> int:
+    """How many sweep trials a Tune trial stands for: a fused group's members, else 1."""
+    return len(trial.config.get(FUSED_KEY, [None]))

@@ -10,6 +10,9 @@ The driver's phases:
   6. run the missing trials with a fresh Tuner (never Tune's saved state: it can be stale or
      damaged, and the Parquet files say what is done),
   7. reconcile again: the counts and the exit status come from the files, not from Tune.
+With `fuse` > 1 (a grid), the missing trials are cut into fused groups (`SweepSpec.fused_groups`),
+one Tune trial each (`fused_trainable`, `git_ray.trial.run_trials`): each member writes its own
+rows under its own trial_id, and a member that fails alone is recorded in failed/ alone.
 Each trial is `git_ray.trial.run_trial` inside `trial_trainable`; it writes its own rows to the
 sweep's storage, so results survive the driver, and a trial already in the results is not run
 again (resume, re-runs on the same storage, Ray retries). A trial that ASHA stops early is
@@ -36,7 +39,7 @@ import numpy as np
 from git_ray import __version__, storage
 from git_ray.config import ConfigError, stable_hash
 from git_ray.lease import Heartbeat, Lease, wait_until
-from git_ray.sweep.spec import SweepSpec, load_sweep
+from git_ray.sweep.spec import FUSED_KEY, SweepSpec, load_sweep
 
 TUNE_DIR = "_tune"  # Ray Tune's logs, one folder per driver run, inside the sweep folder
 DRIVER_LEASE = "_driver.json"  # who runs this sweep now (git_ray.lease record)
@@ -241,6 +244,55 @@ def trial_trainable(params: dict, *, spec_json: str, base_dir: str | None = None
         raise
     tune.report({**final_metrics(result.trial, result.epochs[-1] if result.epochs else None, skipped=False),
                  "node_id": node})
+
+
+def fused_trainable(params: dict, *, spec_json: str, base_dir: str | None = None) -> None:
+    """What Ray Tune runs for a group of fused trials (sweep key `fuse`): the members without
+    rows train as one stacked network (`run_trials`); each finished member's rows are written
+    under its own trial_id, and a member that failed alone (e.g. a NaN loss) is recorded in
+    failed/ alone (its id goes to the driver in `failed_ids`). Progress rows to Tune are the
+    first member's; the last report says how the members ended."""
+    from ray import tune
+
+    from git_ray.results import trial_exists, write_failure, write_trial
+    from git_ray.trial import default_generator_cache, run_trials, torch_threads
+
+    spec = SweepSpec.model_validate_json(spec_json)
+    cfgs = [local_paths_absolute(spec.trial_config(p), base_dir) for p in params[FUSED_KEY]]
+    node = node_id()
+    # The driver sends only members without rows; a Ray retry or a concurrent run may have
+    # written some since.
+    todo = [c for c in cfgs if not trial_exists(spec.root, c.fingerprint())]
+    res = spec.resources_per_trial.model_dump()
+    finished, failed_ids = 0, []
+    if todo:
+        progress = epoch_reporter(lambda row: tune.report({**epoch_metrics(row), "members": len(todo),
+                                                           "node_id": node}), every_s=spec.progress_every_s)
+        with torch_threads(todo[0].train.threads or max(1, int(res["cpu"]))):
+            results = run_trials(todo, device=assigned_device(res), reports=[progress] + [None] * (len(todo) - 1),
+                                 generator_cache=default_generator_cache(spec.storage),
+                                 lock_factory=functools.partial(ray_lock, lease_s=spec.lease_s))
+        for cfg, result in zip(todo, results):
+            if isinstance(result, Exception):
+                write_failure(spec.root, cfg.fingerprint(), cfg, f"{type(result).__name__}: {result}", attempts=1)
+                failed_ids.append(cfg.fingerprint())
+            else:
+                write_trial(spec.root, result)
+                finished += 1
+    tune.report({"done": True, "members": len(cfgs), "finished": finished, "skipped": len(cfgs) - len(todo),
+                 "failed_members": len(failed_ids), "failed_ids": failed_ids, "node_id": node})
+
+
+def fused_space(spec: SweepSpec, points: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Tune param space with one trial per fused group of `points` (the missing ones)."""
+    from ray import tune
+
+    return {FUSED_KEY: tune.grid_search(spec.fused_groups(points))}
+
+
+def trial_points(config: dict) -> list[dict[str, Any]]:
+    """The sweep points a Tune trial's config stands for: a fused group's members, or itself."""
+    return list(config[FUSED_KEY]) if FUSED_KEY in config else [_params(config)]
 
 
 def pretrain_generator(cfg_json: str, cache: str, resources: dict[str, float], lease_s: float = 60.0,
@@ -622,6 +674,8 @@ def _run_leased(spec: SweepSpec, *, resume: bool, address: str | None, num_cpus:
 
     import ray
 
+    from git_ray.results import trial_exists, write_failure
+
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C: KeyboardInterrupt, ours to handle
     started_ray = init_ray(address, num_cpus, spec.resources_per_trial.model_dump(), spec.verbose)
     failed_ids: set[str] = set()
@@ -639,11 +693,16 @@ def _run_leased(spec: SweepSpec, *, resume: bool, address: str | None, num_cpus:
         grid = make_tuner(spec, todo, remaining, board, extra_callbacks, progress,
                           seed_offset=before.study_trials).fit()
         for r in grid:
-            if r.error is not None:
-                cfg = spec.trial_config(_params(r.config))
+            # fused members that failed alone: recorded in failed/ by their group's trainable
+            failed_ids.update((r.metrics or {}).get("failed_ids") or [])
+            if r.error is None:
+                continue
+            for point in trial_points(r.config):  # a fused group fails for its members without rows
+                cfg = spec.trial_config(point)
+                if trial_exists(spec.root, cfg.fingerprint()):
+                    continue
                 failed_ids.add(cfg.fingerprint())
                 try:
-                    from git_ray.results import write_failure
                     write_failure(spec.root, cfg.fingerprint(), cfg, f"{type(r.error).__name__}: {r.error}",
                                   attempts=spec.max_failures + 1)
                 except OSError as err:  # storage down or full: the count below still says it
@@ -689,15 +748,16 @@ def make_tuner(spec: SweepSpec, todo: list[dict[str, Any]] | None, remaining: in
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     tune_loggers = [JsonLoggerCallback()] if os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1" else []
     res = spec.resources_per_trial
-    trainable = tune.with_resources(functools.partial(trial_trainable, spec_json=spec.model_dump_json(),
-                                                      base_dir=os.getcwd()),
+    fused = spec.fuse_size > 1
+    trainable = tune.with_resources(functools.partial(fused_trainable if fused else trial_trainable,
+                                                      spec_json=spec.model_dump_json(), base_dir=os.getcwd()),
                                     {"cpu": res.cpu, "gpu": res.gpu})
     max_epochs = max((c.train.epochs for c in spec.trial_configs()), default=1)
     metric = spec.search.tune_metric if spec.search else None
     optuna = todo is None
     return tune.Tuner(
         trainable,
-        param_space=search_space(spec) if optuna else points_space(todo),
+        param_space=search_space(spec) if optuna else fused_space(spec, todo) if fused else points_space(todo),
         tune_config=tune.TuneConfig(
             metric=metric, mode=spec.search.mode if spec.search else None,
             search_alg=make_searcher(spec, seed_offset), scheduler=make_scheduler(spec, max_epochs, board),

@@ -14,13 +14,24 @@ from typing import Any, Literal, Mapping
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from git_ray.config import (ConfigError, Strict, TrialConfig, deep_merge, format_validation_error,
-                            read_yaml, set_dotted, trial_config)
+                            read_yaml, set_dotted, stable_hash, trial_config)
 
 # Search metrics are validation metrics reported every epoch: the test set never steers a search.
 METRICS = {"balanced_accuracy": "val_balanced_accuracy", "accuracy": "val_accuracy",
            "val_balanced_accuracy": "val_balanced_accuracy", "val_accuracy": "val_accuracy",
            "train_loss": "train_loss"}
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+# `fuse` when the sweep file leaves it out: GPU trials 16 to a process (a lone K49 ResNet-20
+# leaves most of an H100 idle, issue 14), CPU trials alone (a CPU core is busy with one).
+DEFAULT_GPU_FUSE = 16
+# The one Tune param-space axis of a fused sweep: a Tune trial's list of the grid points it trains.
+FUSED_KEY = "fused_members"
+# What fused trials may differ in (dotted keys); everything else must be equal. A member's data
+# differs by instance (same class sizes, another class order) and its training by everything
+# that is per sample, per loss or per schedule; the network and batch structure are shared.
+MEMBER_KEYS = ("seed", "dataset.instance", "balance", "augment.oracle", "augment.nuisance_strength",
+               "augment.flip", "model.head", "train.lr", "train.momentum", "train.weight_decay",
+               "train.warmup_epochs", "train.s1", "train.s2")
 
 
 class Resources(Strict):
@@ -102,6 +113,9 @@ class SweepSpec(Strict):
     # Seconds without a heartbeat after which a lease (the sweep's driver, a generator's lock) is
     # taken over: its holder renews it every lease_s / 4 s while alive.
     lease_s: float = Field(60.0, gt=0.0)
+    # Train up to this many grid trials that share a network and data shape in one process as
+    # one stacked network (git_ray.train.fused). None: DEFAULT_GPU_FUSE with GPUs, else 1.
+    fuse: int | None = Field(None, ge=1)
 
     @field_validator("grid")
     @classmethod
@@ -119,6 +133,9 @@ class SweepSpec(Strict):
         if self.search and self.search.algorithm == "optuna" and self.grid:
             raise ValueError("an Optuna search cannot be combined with a grid: move the grid axes into "
                              "search.space as {choice: [...]}, or drop the search to run the grid")
+        if self.search and (self.fuse or 1) > 1:
+            raise ValueError(f"fuse: {self.fuse} needs a grid sweep: a search reports each trial's "
+                             "metrics to its searcher alone; drop fuse (or set fuse: 1) for searches")
         overlap = set(self.grid) & set(self.search.space if self.search else {})
         if overlap:
             raise ValueError(f"{sorted(overlap)} appear in both grid and search.space; keep each in one")
@@ -159,9 +176,40 @@ class SweepSpec(Strict):
 
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False).encode()
 
+    @property
+    def fuse_size(self) -> int:
+        """How many trials train fused at most: `fuse`, else by device (1 for searches)."""
+        if self.search:
+            return 1
+        if self.fuse is not None:
+            return self.fuse
+        return DEFAULT_GPU_FUSE if self.resources_per_trial.gpu > 0 else 1
+
+    def fused_groups(self, points: list[dict[str, Any]] | None = None) -> list[list[dict[str, Any]]]:
+        """`points` (default: the whole grid; the driver passes the ones without rows) in groups
+        that train fused: points whose configs agree on everything but MEMBER_KEYS, in the given
+        order, cut into groups of at most `fuse_size`."""
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for point in self.grid_points() if points is None else points:
+            groups.setdefault(fuse_key(self.trial_config(point)), []).append(point)
+        n = self.fuse_size
+        return [g[i:i + n] for g in groups.values() for i in range(0, len(g), n)]
+
     def num_trials(self) -> int:
         per_point = self.search.num_samples if self.search else 1
         return len(self.grid_points()) * per_point
+
+
+def fuse_key(cfg: TrialConfig) -> str:
+    """Equal for trials that may train fused: their configs without MEMBER_KEYS."""
+    d = cfg.model_dump()
+    for key in MEMBER_KEYS:
+        *path, leaf = key.split(".")
+        node = d
+        for part in path:
+            node = node[part]
+        node.pop(leaf)
+    return stable_hash(d)
 
 
 def default_study_storage(root: str) -> str:

@@ -36,20 +36,12 @@ class MomentumSGD:
         if not live:
             return
         params = [p for _, p in live]
-        grads = [p.grad for p in params]
-        if group["weight_decay"]:
-            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-        if group["momentum"]:
-            if self._buffers is None:
-                self._buffers = [torch.zeros_like(p) for p in group["params"]]
-                for (i, _), g in zip(live, grads):
-                    self._buffers[i].copy_(g)  # the first step's buffer is the gradient itself
-            else:
-                bufs = [self._buffers[i] for i, _ in live]
-                torch._foreach_mul_(bufs, group["momentum"])
-                torch._foreach_add_(bufs, grads)
-            grads = [self._buffers[i] for i, _ in live]
-        torch._foreach_add_(params, grads, alpha=-group["lr"])
+        first = self._buffers is None
+        if first and group["momentum"]:
+            self._buffers = [torch.zeros_like(p) for p in group["params"]]
+        bufs = [self._buffers[i] for i, _ in live] if group["momentum"] else []
+        momentum_update(params, [p.grad for p in params], bufs, first=first, lr=group["lr"],
+                        momentum=group["momentum"], weight_decay=group["weight_decay"])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.param_groups[0]["params"]:
@@ -57,3 +49,23 @@ class MomentumSGD:
                 p.grad = None
             elif p.grad is not None:
                 p.grad.zero_()
+
+
+@torch.no_grad()
+def momentum_update(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], *, first: bool,
+                    lr: float, momentum: float, weight_decay: float) -> None:
+    """One SGD step in place on `params` (and the momentum buffers `bufs`, unused without
+    momentum; on the `first` step they are set to the gradient). The one copy of this
+    arithmetic: `MomentumSGD` and the fused trials' per-member optimiser
+    (`git_ray.train.fused.MemberSGD`, on views of stacked tensors) both call it."""
+    if weight_decay:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    if momentum:
+        if first:
+            for b, g in zip(bufs, grads):
+                b.copy_(g)  # the first step's buffer is the gradient itself
+        else:
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_add_(bufs, grads)
+        grads = bufs
+    torch._foreach_add_(params, grads, alpha=-lr)
