@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     stacked.unstack_into()
     out: dict[str, float] = {"grouped": float(stacked.grouped)}
     for g, (cfg, model, run) in enumerate(zip(cfgs, models, runs)):
-        data, aug, alone = _prepare(cfg, device, None, None, lambda m: None)
+        data, aug, alone, _ = _prepare(cfg, device, None, None, lambda m: None)
         (ref,) = train_members(alone, [Member(cfg, data, None, aug)], device=device)
         loss = max(abs(a["train_loss"] - b["train_loss"]) / abs(b["train_loss"]) for a, b in zip(run.rows, ref.rows))
         weights = max(float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))

@@ -87,7 +87,7 @@ def run_trials(
         datasets: dict[str, Any] = {}  # members on the same data share it (read-only in training)
         for i, cfg in enumerate(cfgs):
             try:
-                data, augmenter, quality, model = _prepare(cfg, dev, generator_cache, lock_factory, log, datasets)
+                data, augmenter, model, quality = _prepare(cfg, dev, generator_cache, lock_factory, log, datasets)
             except Exception as err:  # noqa: BLE001  (one member's failure is that member's alone)
                 if G == 1:
                     raise
@@ -127,8 +127,8 @@ def run_trials(
 def _prepare(cfg: TrialConfig, dev: torch.device, generator_cache, lock_factory, log,
              datasets: dict[str, Any] | None = None):
     """A trial's data on the device (from `datasets`, by data fingerprint, when an earlier
-    member built it), its GIT augmenter and its generator's quality check (both None without
-    GIT) and its seeded, placed network."""
+    member built it), its GIT augmenter, its seeded, placed network and its generator's quality
+    check (augmenter and quality None without GIT)."""
     key = dataset_fingerprint(cfg.dataset)
     data = datasets.get(key) if datasets is not None else None
     if data is None:
@@ -154,7 +154,7 @@ def _prepare(cfg: TrialConfig, dev: torch.device, generator_cache, lock_factory,
         torch.manual_seed(cfg.seed)
         model = ARCHS.build(cfg.model.arch, in_channels=data.channels, num_classes=data.num_classes,
                             width=cfg.model.width, head=cfg.head, image_size=data.image_size)
-    return data, augmenter, quality, place_model(model, dev)
+    return data, augmenter, place_model(model, dev), quality
 
 
 def _evaluate(cfg: TrialConfig, data, model, run, dev: torch.device, seconds: float,

@@ -167,6 +167,28 @@ def test_progress_lines_heartbeat_and_status_while_running(half_done):
     assert again.counts == prog.counts
 
 
+def test_progress_counts_the_members_of_fused_groups(tmp_path):
+    from git_ray.sweep.progress import SweepProgress
+    from git_ray.sweep.spec import FUSED_KEY
+
+    spec = load_sweep(sweep_file(tmp_path, "fusedprog", grid=GRID, fuse=4))
+    clock, out = Clock(), io.StringIO()
+    prog = SweepProgress(spec, live=False, stream=out, clock=clock, heartbeat_every_s=5)
+    points = spec.grid_points()
+    group, lone = fake_trial("t0", {FUSED_KEY: points[:3]}), fake_trial("t1", {FUSED_KEY: points[3:]})
+    prog.on_trial_start(0, [], group)
+    prog.on_trial_start(0, [], lone)
+    assert prog.pending() == 0 and "0/4 done, 2 running, 0 pending" in prog.summary()
+    clock.t += 30
+    group.last_result = {"done": True, "members": 3, "finished": 1, "skipped": 1, "failed_members": 1}
+    prog.on_trial_complete(0, [], group)
+    assert "fused group of 3: 1 finished, 1 already in results, 1 failed" in out.getvalue()
+    assert prog.counts == {"done": 1, "already": 1, "stopped": 0, "failed": 1}
+    assert prog.trial_seconds == [15.0, 15.0]  # 30 s for two members trained: 15 s each
+    prog.on_trial_error(0, [], lone)
+    assert prog.counts["failed"] == 2 and prog.finished() == 4 and prog.pending() == 0
+
+
 def test_progress_live_display_draws_with_rich(half_done):
     from git_ray.sweep.progress import SweepProgress
 

@@ -9,7 +9,7 @@ import torch
 
 from git_ray.config import trial_config
 from git_ray.train.fused import MemberSGD, StackedClassifier, stack_classifiers
-from git_ray.train.loop import Member, NonFiniteLossError, train_members
+from git_ray.train.loop import STOP, Member, NonFiniteLossError, train_classifier, train_members
 from git_ray.trial import _prepare, run_trial, run_trials
 
 CPU = torch.device("cpu")
@@ -39,7 +39,7 @@ def _prep(cfg, double: bool = False):
     """A member's data, augmenter and network; in float64 with `double`: a deep net on tiny
     batches amplifies float32 rounding (a 2e-7 nudge of one lone ResNet-20's weights grows to
     1e-2 in 8 steps, measured), so equality to tolerance is checked where rounding is 1e-16."""
-    data, aug, model = _prepare(cfg, CPU, None, None, lambda m: None)
+    data, aug, model, _ = _prepare(cfg, CPU, None, None, lambda m: None)
     if double:
         data = replace(data, **{f.name: getattr(data, f.name).double() for f in fields(data)
                                 if isinstance(getattr(data, f.name), torch.Tensor)
@@ -182,3 +182,23 @@ def test_members_on_the_same_data_share_it():
     cache: dict = {}
     data = [_prepare(c, CPU, None, None, lambda m: None, cache)[0] for c in cfgs]
     assert data[0] is data[2] and data[1] is not data[0] and len(cache) == 2
+
+
+def test_stop_from_report_ends_a_lone_run_and_a_fused_group_after_that_epoch():
+    """The driver's STOP (ASHA): a lone trial ends after the epoch whose report returned it; a
+    fused group is one Tune trial, so one member's STOP ends every member there."""
+    cfgs = _cfgs("small_cnn")
+    seen: list[int] = []
+    data, aug, model = _prep(cfgs[0])
+    rows, _ = train_classifier(model, data, cfgs[0], device=CPU, augmenter=aug,
+                               report=lambda row: seen.append(row["epoch"]) or (STOP if row["epoch"] == 1 else None))
+    assert [r["epoch"] for r in rows] == seen == [0, 1]  # of 3 epochs
+    _, ref = _train_alone(cfgs[0])
+    assert rows == [{**r, "seconds": got["seconds"]} for r, got in zip(ref.rows, rows)]  # the same two epochs
+
+    prepared = [_prep(c) for c in cfgs]
+    reports = [None, lambda row: STOP if row["epoch"] == 0 else None, None]
+    runs = train_members(stack_classifiers([p[2] for p in prepared]),
+                         [Member(c, p[0], r, p[1]) for c, p, r in zip(cfgs, prepared, reports)], device=CPU)
+    assert [len(run.rows) for run in runs] == [1, 1, 1]
+    assert all(run.error is None for run in runs)

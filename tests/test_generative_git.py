@@ -139,24 +139,28 @@ def test_real_generator_output_is_in_range_detached_and_seeded() -> None:
 
 def test_git_trial_rows_carry_the_generators_quality(tmp_path) -> None:
     """A GIT trial's row holds its generator's coverage and label agreement (from meta.json),
-    through the Parquet writer; a trial without GIT holds nulls there."""
+    through the Parquet writer, alone and as a member of a fused run; a trial without GIT holds
+    nulls there."""
     import pyarrow.dataset as ds
 
     from git_ray.config import TrialConfig
     from git_ray.generative import read_generator_meta
     from git_ray.results import write_trial
-    from git_ray.trial import run_trial
+    from git_ray.trial import run_trial, run_trials
     from tiny_configs import TINY_BASE, TINY_GEN
 
     cache = str(tmp_path / "gens")
     git_cfg = TrialConfig(**{**TINY_BASE, "augment": {"git": True}, "generator": {**TINY_GEN, "cache": cache}})
+    fused_git_cfg = git_cfg.model_copy(update={"seed": git_cfg.seed + 1})
     plain_cfg = TrialConfig(**TINY_BASE)
     out = str(tmp_path / "res")
-    for cfg in (git_cfg, plain_cfg):
-        write_trial(out, run_trial(cfg))
+    write_trial(out, run_trial(git_cfg))
+    for result in run_trials([fused_git_cfg, plain_cfg]):  # one fused run of two members
+        write_trial(out, result)
     from git_ray.data import build_dataset
     quality = read_generator_meta(build_dataset(git_cfg.dataset), git_cfg.generator, cache=cache)["quality"]
-    rows = ds.dataset(f"{out}/trials", partitioning="hive").to_table().to_pandas().set_index("augment_git")
-    assert rows.loc[True, "generator_coverage"] == pytest.approx(quality["coverage_distance"])
-    assert rows.loc[True, "generator_label_agreement"] == pytest.approx(quality["label_agreement"])
-    assert rows.loc[False, ["generator_coverage", "generator_label_agreement"]].isna().all()
+    rows = ds.dataset(f"{out}/trials", partitioning="hive").to_table().to_pandas().set_index("trial_id")
+    for cfg in (git_cfg, fused_git_cfg):
+        assert rows.loc[cfg.fingerprint(), "generator_coverage"] == pytest.approx(quality["coverage_distance"])
+        assert rows.loc[cfg.fingerprint(), "generator_label_agreement"] == pytest.approx(quality["label_agreement"])
+    assert rows.loc[plain_cfg.fingerprint(), ["generator_coverage", "generator_label_agreement"]].isna().all()
