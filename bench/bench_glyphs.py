@@ -80,7 +80,7 @@ def pictures(folder: str, per_class: int = 6, scale: int = 2) -> list[str]:
 
     from git_ray.registry import NUISANCES
 
-    arrays = glyphs.load_pool(None)
+    arrays = glyphs.load_pool(None, glyphs.TRAIN_PER_CLASS, glyphs.TEST_PER_CLASS)
     x, y = arrays["x_train"], arrays["y_train"]  # (N, 28, 28) uint8, class-major
     n = int((y == 0).sum())
     rng = np.random.default_rng(0)

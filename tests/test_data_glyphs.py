@@ -217,3 +217,16 @@ def test_full_pool_gives_k49_lt_sizes(cache):
     imgs = data.x_train_clean[data.y_train == big]
     assert len({bytes(i.numpy().tobytes()) for i in (imgs[:, 0] * 255).round().to(torch.uint8)}) == 4800
     assert len(data.y_val) == 49 * 1200 and len(data.y_test) == 49 * 700
+
+
+def test_bench_pictures_and_sanity_run_on_a_small_pool(small_pool, tmp_path, capsys):
+    from PIL import Image
+
+    from bench import bench_glyphs
+
+    bench_glyphs.main(["--pictures", str(tmp_path)])
+    classes = Image.open(tmp_path / "glyphs_classes.png")
+    nuisances = Image.open(tmp_path / "glyphs_nuisances.png")
+    assert classes.size[0] > classes.size[1] > 7 * 28 and nuisances.size[1] == 4 * 30 * 2
+    figs = bench_glyphs.main(["--no-timing", "--sanity", "--per-class", "4", "--epochs", "1"])
+    assert 0.0 <= figs["sanity_accuracy"] <= 1.0 and "test accuracy" in capsys.readouterr().out

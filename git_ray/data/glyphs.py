@@ -186,8 +186,8 @@ def _draw(font_path: Path, glyph: str, params: RenderParams) -> np.ndarray:
 def _stroke(x: Tensor, k: int) -> Tensor:
     """Grey dilation (k > 1) or erosion (k < -1) with a |k| x |k| square, odd |k|, size kept; the
     border never wins. A square is separable (a column pass, then a row pass), and each pass is
-    |k| - 1 elementwise maxima of shifted views: 20-50x faster on a CPU than max_pool2d with
-    stride 1, which is not vectorised for that case."""
+    |k| - 1 elementwise maxima of shifted views: on the masters, 2x (k = 3) to 6x (k = 7) faster
+    on a CPU than max_pool2d with stride 1 (measured on the 2-core development machine)."""
     if abs(k) <= 1:
         return x
     sign, k = (1.0, k) if k > 0 else (-1.0, -k)

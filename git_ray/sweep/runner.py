@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -425,6 +426,9 @@ def init_ray(address: str | None, num_cpus: int | None, asked: dict[str, float] 
     if ray.is_initialized():
         return False
     quiet_ray()
+    # Ray starts trial workers at nice 15: on a machine also busy with other work they then get
+    # almost no CPU (seen here: 8 s of CPU in 144 s of sweep). A sweep's trials are the work.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     if address:
         try:
@@ -568,6 +572,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
     if resume and not storage.exists(storage.join(spec.root, "sweep.yaml")):
         raise ConfigError(f"--resume: no sweep was started at {spec.root}; "
                           f"run `git-ray sweep` without --resume to start it")
+    new_folder = None if storage.is_remote(spec.root) else _first_missing(spec.root)
     lease = Lease(storage.join(spec.root, DRIVER_LEASE), spec.lease_s, log=lambda m: log(m))
     holder = lease.try_acquire()
     if holder is not None:
@@ -578,6 +583,27 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
                            extra_callbacks=extra_callbacks, log=log)
     finally:
         lease.release()
+        if new_folder:  # a run that stopped before writing anything leaves no folder behind
+            _remove_if_only_lease_left(new_folder)
+
+
+def _first_missing(path: str) -> str | None:
+    """The outermost folder of `path` that does not exist yet (None if `path` exists)."""
+    path, missing = os.path.abspath(path), None
+    while not os.path.exists(path):
+        missing, parent = path, os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _remove_if_only_lease_left(folder: str) -> None:
+    """Remove `folder`, which this run created, if it holds nothing but the lease's mutex file
+    (a preflight error after the lease was taken: nothing was written)."""
+    found = [os.path.join(d, f) for d, _, files in os.walk(folder) for f in files]
+    if all(os.path.basename(f) == f".{DRIVER_LEASE}.mutex" for f in found):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run_leased(spec: SweepSpec, *, resume: bool, address: str | None, num_cpus: int | None,
