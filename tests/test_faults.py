@@ -7,7 +7,7 @@ once and readable by pyarrow, DuckDB and polars.
 - Ctrl-C (SIGINT to the driver): exit 130, the counts and the command to run the rest;
 - the generator lock's holder SIGKILLed while training: a waiter takes over after the lease and
   resumes from the checkpoint;
-- the S3 server stopped for 10 s mid-sweep (slow; needs the storage retries).
+- the S3 server stopped for 10 s mid-sweep (the storage layer's retries carry the trials over it).
 Every process a test starts runs in its own process group and is killed at the end.
 """
 from __future__ import annotations
@@ -220,7 +220,6 @@ def test_lock_holder_killed_while_training_a_generator_waiter_takes_over(tmp_pat
         Drivers.kill(holder)
 
 
-@pytest.mark.slow
 def test_s3_server_stopped_for_10s_mid_sweep(tmp_path, drivers):
     """Needs the storage layer's retries (every storage operation rides out about a minute)."""
     import socket

@@ -121,7 +121,10 @@ def test_generator_trained_once_for_several_trials(tmp_path, ray_local):
 
 
 def test_killed_driver_resumes_without_duplicates(tmp_path):
-    path = sweep_file(tmp_path, "resume", max_concurrent_trials=1, lease_s=2, grid={"seed": [0, 1, 2, 3]})
+    # 40-epoch trials: on an idle machine 3-epoch ones all finished between two polls
+    base = {**TINY_BASE, "train": {**TINY_BASE["train"], "epochs": 40, "s1": 30, "s2": 35}}
+    path = sweep_file(tmp_path, "resume", base=base, max_concurrent_trials=1, lease_s=2,
+                      grid={"seed": [0, 1, 2, 3]})
     root = tmp_path / "results" / "resume"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "git_ray.cli", "sweep", str(path), "--num-cpus", "1"]
@@ -129,7 +132,7 @@ def test_killed_driver_resumes_without_duplicates(tmp_path):
                               start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and len(list((root / "trials").rglob("*.parquet"))) < 1:
-        time.sleep(0.5)
+        time.sleep(0.1)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started die at once
     driver.wait()
     done_before = len(list((root / "trials").rglob("*.parquet")))
