@@ -10,12 +10,12 @@ RESULTS := results/quickstart
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install -qq --upgrade pip
 
 # Two stamps: running needs only the package's own dependencies; the tests add their extras
 # (pytest, moto, boto3, duckdb). Either is redone when pyproject.toml changes.
 $(RUN_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	$(PY) -m pip install -qq --disable-pip-version-check -e .
 	touch $(RUN_STAMP)
 
 $(TEST_STAMP): pyproject.toml | $(PY)

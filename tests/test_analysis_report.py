@@ -343,3 +343,22 @@ def test_files_of_another_type_are_read_one_by_one_with_a_warning(store, tmp_pat
     assert len(got) == 70 and got["test_count"].dtype == np.int64
     assert set(got["dataset_nuisance"]) == {"background"}
     assert len(read_table(str(store["root"] / "grid"), "per_class")) == 80  # the original is intact
+
+
+def test_git_tail_line_states_means_and_claim_d():
+    from git_ray.analysis.report import Report, git_tail_line
+
+    summary = pd.DataFrame({"augment_git": [False, True, False, True],
+                            "ekld_tail_mean": [0.04, 0.03, 0.06, 0.05]})
+    claims = pd.DataFrame([{"claim": "d", "nuisance": "digits / background", "effect": -0.01,
+                            "ci_low": -0.02, "ci_high": -0.005, "n": 4, "verdict": "holds"},
+                           {"claim": "c", "nuisance": "digits / background", "effect": 0.5,
+                            "ci_low": 0.4, "ci_high": 0.6, "n": 4, "verdict": "holds"}])
+    rep = Report(sweeps=[], group_keys=[], averaged=[], counts={},
+                 tables={"summary": summary, "claims": claims})
+    line = git_tail_line(rep)
+    assert "0.0500 without GIT, 0.0400 with GIT (-20%)" in line
+    assert "paired change -0.0100 [-0.0200, -0.0050] over 4 pairs, claim d holds" in line
+    assert "0.5000" not in line  # only claim d speaks for GIT
+    rep.tables["summary"] = summary[summary["augment_git"]]
+    assert git_tail_line(rep) is None  # no trials without GIT: nothing to compare

@@ -196,10 +196,31 @@ def report_text(rep: Report) -> str:
             lines += ["", "Failed trials:", rep.display["failed"][["trial_id", "attempts", "error"]].to_string(index=False)]
     if rep.notes:
         lines += ["", "Notes:", *(f"  - {n}" for n in rep.notes)]
+    git_line = git_tail_line(rep)
+    if git_line:
+        lines += ["", git_line]
     if rep.out is not None:
         lines += ["", f"wrote {len(rep.files)} files to {rep.out}: report.html, tables as CSV + Markdown, "
                       f"{len(rep.figures)} figures as PNG"]
     return "\n".join(lines)
+
+
+def git_tail_line(rep: Report) -> str | None:
+    """One sentence on GIT's effect on the tail, from the summary table (configurations with and
+    without GIT, seeds averaged) and claim d's paired interval; None without both kinds."""
+    summary = rep.tables.get("summary")
+    if summary is None or "augment_git" not in summary or summary["augment_git"].nunique() < 2:
+        return None
+    means = summary.groupby("augment_git")["ekld_tail_mean"].mean()
+    text = (f"GIT's effect on the tail: mean tail eKLD {means[False]:.4f} without GIT, "
+            f"{means[True]:.4f} with GIT ({(means[True] / means[False] - 1) * 100:+.0f}%)")
+    claims = rep.tables.get("claims")
+    if claims is not None:
+        d = claims[(claims["claim"] == "d") & claims["effect"].notna()]
+        for r in d.to_dict("records"):
+            text += (f"; {r['nuisance']}: paired change {r['effect']:+.4f} [{r['ci_low']:+.4f}, "
+                     f"{r['ci_high']:+.4f}] over {r['n']} pairs, claim d {r['verdict']}")
+    return text + "."
 
 
 def claims_text(rep: Report) -> str:

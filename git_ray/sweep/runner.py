@@ -379,7 +379,8 @@ def points_space(points: list[dict[str, Any]]) -> dict[str, Any]:
 
     space: dict[str, Any] = {"__point": tune.grid_search(list(range(len(points))))}
     for key in points[0] if points else ():
-        space[key] = tune.sample_from(lambda s, key=key: points[s.config["__point"]][key])
+        # Ray 2.60 passes the config itself (the spec-dict form logs a deprecation per trial).
+        space[key] = tune.sample_from(lambda config, key=key: points[config["__point"]][key])
     return space
 
 
