@@ -39,7 +39,7 @@ import git_ray.balance  # noqa: F401  (registers losses, samplers, class weights
 import git_ray.data  # noqa: F401  (registers nuisances)
 import git_ray.models  # noqa: F401  (registers archs)
 from bench.bench_gpu_share import EKLD_PAIRS, K49_CLASSES, k49_lt_size, project_k49
-from bench.common import default_device, machine, machine_line, print_figures, set_threads
+from bench.common import default_device, machine_line, print_figures, save_figures, set_threads
 from git_ray.config import trial_config
 from git_ray.registry import ARCHS
 from git_ray.train.fused import stack_classifiers
@@ -195,8 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             if shared is not None:
                 project(out, shared)
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"machine": machine(device), "argv": argv, "figures": out}, f, indent=1)
+            save_figures(args.json, device, argv, out)
 
     for g in groups:
         r = fused_rate(list(range(g)), args, device)

@@ -287,12 +287,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print_figures(f"projected K49 study on one {'GPU' if device.type == 'cuda' else 'CPU (not meaningful)'}",
                   {k: v for k, v in out.items() if k.startswith("k49_study.")})
     if args.json:
-        import json
+        from bench.common import save_figures
 
-        from bench.common import machine
-
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine(device), "argv": argv, "figures": out}, f, indent=1)
+        save_figures(args.json, device, argv, out)
     return out
 
 

@@ -53,6 +53,14 @@ def machine(device: torch.device | str | None = None) -> dict[str, str | int | f
     return info
 
 
+def save_figures(path: str, device: torch.device | str, argv: list[str] | None, figures: dict) -> None:
+    """A bench's figures as JSON, with the machine they ran on (kept under docs/ for GPU runs)."""
+    import json
+
+    with open(path, "w") as f:
+        json.dump({"machine": machine(device), "argv": argv, "figures": figures}, f, indent=1)
+
+
 def machine_line(device: torch.device | str | None = None) -> str:
     m = machine(device)
     line = (f"machine: {m['cpu']} ({m['cores']} cores, load {m.get('load_1min', '?')}), "

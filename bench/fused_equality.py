@@ -14,12 +14,11 @@ a tiny network are compared.
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
-from bench.common import default_device, machine, machine_line
-from git_ray.config import trial_config
+from bench.common import default_device, machine_line, save_figures
+from git_ray.config import deep_merge, trial_config
 from git_ray.train.fused import stack_classifiers
 from git_ray.train.loop import Member, batched_predict, make_predict, train_members
 from git_ray.trial import _prepare
@@ -35,13 +34,7 @@ def member_configs(arch: str, epochs: int) -> list:
                {"seed": 1, "dataset": {"instance": 1}, "balance": {"loss": "ldam", "sampler": "drs", "reweight": "drw"},
                 "train": {"lr": 0.005}},
                {"seed": 2, "balance": {"loss": "ce", "sampler": "drs"}, "augment": {"oracle": True}}]
-    out = []
-    for m in members:
-        d = {k: dict(v) for k, v in base.items()}
-        for k, v in m.items():
-            d[k] = {**d.get(k, {}), **v} if isinstance(v, dict) else v
-        out.append(trial_config(d))
-    return out
+    return [trial_config(deep_merge(base, m)) for m in members]
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -79,8 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
               f"loss rel diff {loss:.2e}, weight rel diff {weights:.2e}, test accuracy {accs[0]:.4f} fused "
               f"vs {accs[1]:.4f} alone", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine(device), "argv": argv, "figures": out}, f, indent=1)
+        save_figures(args.json, device, argv, out)
     return out
 
 

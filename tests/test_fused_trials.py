@@ -7,7 +7,7 @@ from dataclasses import fields, replace
 import pytest
 import torch
 
-from git_ray.config import trial_config
+from git_ray.config import deep_merge, trial_config
 from git_ray.train.fused import MemberSGD, StackedClassifier, stack_classifiers
 from git_ray.train.loop import STOP, Member, NonFiniteLossError, train_classifier, train_members
 from git_ray.trial import _prepare, run_trial, run_trials
@@ -26,13 +26,7 @@ def _cfgs(arch: str) -> list:
          "train": {"lr": 0.03}},
         {"seed": 2, "balance": {"loss": "ce", "sampler": "drs"}, "augment": {"oracle": True}},
     ]
-    out = []
-    for m in members:
-        d = {k: dict(v) for k, v in base.items()}
-        for k, v in m.items():
-            d[k] = {**d.get(k, {}), **v} if isinstance(v, dict) else v
-        out.append(trial_config(d))
-    return out
+    return [trial_config(deep_merge(base, m)) for m in members]
 
 
 def _prep(cfg, double: bool = False):
