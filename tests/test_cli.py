@@ -9,9 +9,9 @@ import yaml
 from git_ray.cli import main
 from git_ray.results import read_tables
 from git_ray.train.loop import NonFiniteLossError
+from tiny_configs import CHECKER
 
 ROOT = Path(__file__).parent.parent
-CHECKER = ROOT.parent / "shared" / "tools" / "check_results.py"
 FAST = ["--set", "train.epochs=4", "--set", "train.s1=2", "--set", "train.s2=3",
         "--set", "train.warmup_epochs=1", "--set", "eval.ekld_draws=5"]
 

@@ -13,7 +13,6 @@ import json
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -24,14 +23,9 @@ import moto.server as moto_server  # noqa: E402
 from git_ray.results import read_tables  # noqa: E402
 from git_ray.sweep.spec import load_sweep  # noqa: E402
 
-ROOT = Path(__file__).parent.parent
-# the project's shared/ beside the checkout (a git worktree one level deeper finds it above)
-CHECKER = next((p / "shared" / "tools" / "check_results.py" for p in (ROOT.parent, ROOT.parent.parent)
-                if (p / "shared" / "tools" / "check_results.py").is_file()),
-               ROOT.parent / "shared" / "tools" / "check_results.py")
 BUCKET = "git-ray-test"
 
-from tiny_configs import TINY_BASE, TINY_GEN  # noqa: E402
+from tiny_configs import CHECKER, TINY_BASE, TINY_GEN  # noqa: E402
 
 
 def _free_port() -> int:

@@ -13,13 +13,8 @@ import pytest
 from git_ray.results import read_tables
 from git_ray.sweep.spec import load_sweep
 
-ROOT = Path(__file__).parent.parent
-# the project's shared/ beside the checkout (a git worktree one level deeper finds it above)
-CHECKER = next((p / "shared" / "tools" / "check_results.py" for p in (ROOT.parent, ROOT.parent.parent)
-                if (p / "shared" / "tools" / "check_results.py").is_file()),
-               ROOT.parent / "shared" / "tools" / "check_results.py")
 
-from tiny_configs import TINY_BASE, TINY_GEN, sweep_file  # noqa: E402
+from tiny_configs import CHECKER, TINY_BASE, TINY_GEN, sweep_file  # noqa: E402
 
 
 

@@ -1,9 +1,15 @@
 """Tiny trial and generator configs shared by the end-to-end sweep and cluster tests: digits,
 a 4-wide CNN, 3 epochs, a handful of eKLD draws: seconds per trial on one core. `sweep_file`
-writes a sweep file over them."""
+writes a sweep file over them; `CHECKER` is the contract checker in the project's shared/ folder."""
 from pathlib import Path
 
 import yaml
+
+ROOT = Path(__file__).parent.parent
+# The project's shared/ beside the checkout (a git worktree one level deeper finds it above).
+CHECKER = next((p / "shared" / "tools" / "check_results.py" for p in (ROOT.parent, ROOT.parent.parent)
+                if (p / "shared" / "tools" / "check_results.py").is_file()),
+               ROOT.parent / "shared" / "tools" / "check_results.py")
 
 TINY_BASE = {
     "dataset": {"source": "digits", "nuisance": "background", "imbalance_ratio": 10},
