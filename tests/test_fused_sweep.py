@@ -50,15 +50,6 @@ def test_groups_share_everything_but_the_member_keys(tmp_path):
     assert [len(g) for g in other_arch.fused_groups()] == [1, 1]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield ray
-    ray.shutdown()
-
-
 def test_fused_sweep_writes_each_member_and_fails_members_alone(tmp_path, ray_local):
     from git_ray.sweep.runner import run_sweep
 

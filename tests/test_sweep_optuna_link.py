@@ -12,15 +12,6 @@ from git_ray.sweep.spec import load_sweep
 from tiny_configs import sweep_file
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield ray
-    ray.shutdown()
-
-
 def test_study_trials_and_rows_point_at_each_other(tmp_path, ray_local):
     from git_ray.sweep.optuna_storage import JOURNAL_FILE, load_study
     from git_ray.sweep.runner import run_sweep

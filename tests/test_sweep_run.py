@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from git_ray.results import read_tables
 from git_ray.sweep.spec import load_sweep
 
@@ -17,15 +15,6 @@ from git_ray.sweep.spec import load_sweep
 from tiny_configs import CHECKER, TINY_BASE, TINY_GEN, sweep_file  # noqa: E402
 
 
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield ray
-    ray.shutdown()
 
 
 def run(path: Path, **kw):
