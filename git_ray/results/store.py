@@ -30,7 +30,7 @@ import re
 import urllib.parse
 import uuid
 import warnings
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -385,39 +385,43 @@ def _complete(fs: pafs.FileSystem, paths: Mapping[str, str]) -> bool:
         _footer_error(fs, p, rows=1 if t == "trials" else None) is None for t, p in paths.items())
 
 
+def _each(fs: pafs.FileSystem, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """`fn` over `items`: in turn on a local disk, 16 at a time on remote storage, where each
+    call is a round trip rather than CPU work."""
+    if _is_local(fs):
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(fn, items))
+
+
+def _complete_paths(fs: pafs.FileSystem, base: str) -> dict[str, dict[str, str]]:
+    """{trial_id: {table: path}} of the trials whose three files are there and readable."""
+    candidates = {tid: p for tid, p in _trial_paths(fs, base).items() if set(p) == set(_DONE_TABLES)}
+    ok = _each(fs, lambda p: _complete(fs, p), list(candidates.values()))
+    return {tid: p for (tid, p), good in zip(candidates.items(), ok) if good}
+
+
 def complete_trial_ids(root: str) -> set[str]:
     """Ids of the trials that are done: their trials, per_class and epochs files are all there
     and readable (the trials file holding its one row). Three listings, then one footer read
     per file (in parallel on remote storage). A trial missing here is to be run (again)."""
     fs, base = resolve(root)
-    found = _trial_paths(fs, base)
-    candidates = {tid: p for tid, p in found.items() if set(p) == set(_DONE_TABLES)}
-    if _is_local(fs):
-        return {tid for tid, p in candidates.items() if _complete(fs, p)}
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=16) as pool:  # footer reads are round trips, not CPU
-        ok = dict(zip(candidates, pool.map(lambda p: _complete(fs, p), candidates.values())))
-    return {tid for tid, good in ok.items() if good}
+    return set(_complete_paths(fs, base))
 
 
 def complete_trial_status(root: str) -> dict[str, str]:
     """{trial_id: status} ("ok", "stopped", ...) of the trials in `complete_trial_ids`: the
     sweep driver's reconciliation counts stopped trials apart from finished ones."""
     fs, base = resolve(root)
-    done = complete_trial_ids(root)
-    trials = {tid: p["trials"] for tid, p in _trial_paths(fs, base).items() if tid in done}
+    trials = {tid: p["trials"] for tid, p in _complete_paths(fs, base).items()}
 
     def status(path: str) -> str:
         t = storage.call("read", path, lambda: pq.read_table(path, filesystem=fs, columns=["status"]))
         return str(t.column("status")[0])
 
-    if _is_local(fs):
-        return {tid: status(p) for tid, p in trials.items()}
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return dict(zip(trials, pool.map(status, trials.values())))
+    return dict(zip(trials, _each(fs, status, list(trials.values()))))
 
 
 def finished_trial_ids(root: str) -> set[str]:
