@@ -225,3 +225,29 @@ def test_status_during_phase_0(tmp_path):
     SweepProgress(spec, live=False, stream=io.StringIO(), clock=clock).write_heartbeat(phase="generators")
     text = sweep_status(spec.root, now=clock.t + 2)
     assert "phase 0: training the GIT generators" in text and "missing 2" in text
+
+
+def test_random_search_dry_run_and_status_count_the_drivers_planned_trials(tmp_path, capsys):
+    """A random search's trials are drawn from search.seed before it runs: --dry-run and status
+    list and count exactly the points the driver plans (repeated draws count once), not the grid."""
+    path = sweep_file(tmp_path, "rnd", grid={"seed": [0, 1]}, search={
+        "algorithm": "random", "num_samples": 4, "seed": 3,
+        "space": {"dataset.imbalance_ratio": {"choice": [10, 50]}}})
+    spec = load_sweep(path)
+    planned = spec.planned_points()
+    assert spec.num_trials() == len(planned) == 4  # 8 draws over 2 seeds x 2 ratios: 4 distinct
+    first = planned[0]
+    tid = finish_one(spec, first)
+    storage.write_bytes(storage.join(spec.root, "sweep.yaml"), spec.to_yaml())
+
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert all(spec.trial_config(p).fingerprint() in out for p in planned)
+    assert "dataset.imbalance_ratio" in out  # the search's keys are columns of the table
+    assert next(line for line in out.splitlines() if line.startswith(tid)).split()[-1] == "yes"
+    assert "already in storage: 1 of 4; to run: 3" in out
+
+    text = sweep_status(spec.root, by="dataset.imbalance_ratio", now=0.0)
+    assert "done 1, stopped 0, failed 0, missing 3" in text
+    row = next(line for line in text.splitlines() if line.startswith(f"{first['dataset.imbalance_ratio']} "))
+    assert row.split()[1] == "1"  # the stored trial is counted in its own group

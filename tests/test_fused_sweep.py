@@ -72,8 +72,8 @@ def test_fused_sweep_writes_each_member_and_fails_members_alone(tmp_path, ray_lo
     assert len(t["epochs"]) == 2 * TINY_BASE["train"]["epochs"] and len(t["per_class"]) == 2 * 10
     # a re-run groups only the members without rows: the failed ones are tried again
     spec = load_sweep(path)
-    from git_ray.sweep.runner import planned_points, take_stock
-    points = planned_points(spec)
+    from git_ray.sweep.runner import take_stock
+    points = spec.planned_points()
     todo = [p for p in points if spec.trial_config(p).fingerprint() not in take_stock(spec, points).done]
     assert [len(g) for g in spec.fused_groups(todo)] == [2]
     again = run_sweep(spec)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from git_ray.config import ConfigError
-from git_ray.sweep.runner import DRIVER_LEASE, LockTable, planned_points, run_sweep, take_stock
+from git_ray.sweep.runner import DRIVER_LEASE, LockTable, run_sweep, take_stock
 from git_ray.sweep.spec import load_sweep
 from tiny_configs import sweep_file
 
@@ -20,18 +20,18 @@ def test_random_search_plans_the_same_distinct_trials_every_time(tmp_path):
         "algorithm": "random", "num_samples": 3, "seed": 7,
         "space": {"train.lr": {"loguniform": [0.01, 0.2]}, "model.width": {"int": [2, 4]}}})
     spec = load_sweep(path)
-    points = planned_points(spec)
-    assert points == planned_points(load_sweep(path))  # a re-run plans the very same trials
+    points = spec.planned_points()
+    assert points == load_sweep(path).planned_points()  # a re-run plans the very same trials
     assert len(points) == 6 and {p["seed"] for p in points} == {0, 1}
     assert all(0.01 <= p["train.lr"] <= 0.2 and p["model.width"] in (2, 3, 4) for p in points)
     other = load_sweep(sweep_file(tmp_path, "rnd2", grid={"seed": [0, 1]},
                                   search={**spec.search.model_dump(), "seed": 8}))
-    assert planned_points(other) != points
+    assert other.planned_points() != points
     # choices that repeat a trial plan it once
     few = load_sweep(sweep_file(tmp_path, "few", search={"algorithm": "random", "num_samples": 20,
                                                           "space": {"seed": {"choice": [0, 1]}}}))
-    assert sorted(p["seed"] for p in planned_points(few)) == [0, 1]
-    assert take_stock(few, planned_points(few)).planned == 2
+    assert sorted(p["seed"] for p in few.planned_points()) == [0, 1]
+    assert take_stock(few, few.planned_points()).planned == 2 == few.num_trials()
 
 
 def test_a_second_driver_is_refused_naming_the_first(tmp_path):

@@ -32,25 +32,25 @@ def dry_run(spec: SweepSpec, *, num_cpus: int | None = None) -> str:
     from git_ray.trial import default_generator_cache
 
     lines = [f"sweep {spec.name!r}: {spec.num_trials()} trial(s); results in {spec.root}"]
-    axes = list(spec.grid)
-    points = spec.grid_points()
+    planned = spec.planned_points()  # the driver's own plan (None: an Optuna search)
+    points = planned if planned is not None else spec.grid_points()
+    axes = list(spec.grid) + (list(spec.search.space) if planned is not None and spec.search else [])
     ids = [spec.trial_config(p).fingerprint() for p in points]
     stored = finished_trial_ids(spec.root) if storage.exists(spec.root) else set()
     if spec.search:
+        drawn = ("drawn by its study while it runs" if planned is None
+                 else f"drawn now from search.seed {spec.search.seed}, as the driver draws them")
         lines.append(f"search: {spec.search.algorithm}, {spec.search.num_samples} sample(s) per grid point over "
-                     + ", ".join(f"{k} {v}" for k, v in spec.search.space.items())
-                     + "; its trials are drawn while it runs")
-        have = len(stored)
-    else:
-        have = len(stored & set(ids))
+                     + ", ".join(f"{k} {v}" for k, v in spec.search.space.items()) + f"; its trials are {drawn}")
+    have = len(stored) if planned is None else len(stored & set(ids))
     rows = [[tid, *(value_text(p[a]) for a in axes), "yes" if tid in stored else ""]
-            for tid, p in zip(ids, points)]
-    if axes:
+            for tid, p in zip(ids, points)] if planned is not None else []
+    if axes and rows:
         lines.append("")
         lines += table(["trial_id", *axes, "stored"], rows[:MAX_ROWS])
         if len(rows) > MAX_ROWS:
             lines.append(f"... and {len(rows) - MAX_ROWS} more")
-    todo = spec.num_trials() - have
+    todo = max(0, spec.num_trials() - have)
     lines += ["", f"already in storage: {have} of {spec.num_trials()}; to run: {todo}"]
 
     gens = distinct_generators(spec)

@@ -34,7 +34,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-import numpy as np
 
 from git_ray import __version__, storage
 from git_ray.config import ConfigError, stable_hash
@@ -344,34 +343,6 @@ def distinct_generators(spec: SweepSpec) -> list:
     return list(seen.values())
 
 
-def sample_value(dist: dict[str, Any], rng: np.random.Generator) -> Any:
-    """One draw from a search-space distribution ({uniform|loguniform|int|choice: args})."""
-    kind, args = next(iter(dist.items()))
-    if kind == "choice":
-        return args[int(rng.integers(len(args)))]
-    if kind == "int":
-        return int(rng.integers(int(args[0]), int(args[1]) + 1))
-    if kind == "loguniform":
-        return float(math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))))
-    return float(rng.uniform(float(args[0]), float(args[1])))
-
-
-def planned_points(spec: SweepSpec) -> list[dict[str, Any]] | None:
-    """Every trial of the sweep as its {dotted key: value} point, one per distinct trial config, in
-    order: the grid, or for a random search `num_samples` draws per grid point from a generator
-    seeded by `search.seed` (so a re-run plans the same trials). None for an Optuna search, whose
-    trials are decided one by one by its study."""
-    if spec.search and spec.search.algorithm == "optuna":
-        return None
-    rng = np.random.default_rng(spec.search.seed if spec.search else 0)
-    points: dict[str, dict[str, Any]] = {}
-    for point in spec.grid_points():
-        for _ in range(spec.search.num_samples if spec.search else 1):
-            full = {**point, **{k: sample_value(d, rng) for k, d in (spec.search.space.items() if spec.search else ())}}
-            points.setdefault(spec.trial_config(full).fingerprint(), full)
-    return list(points.values())
-
-
 def points_space(points: list[dict[str, Any]]) -> dict[str, Any]:
     """A Tune param space that runs exactly `points`: a grid over their indices, every key of a
     point filled in from it (so each trial's config shows its own keys and values)."""
@@ -667,7 +638,7 @@ def _remove_if_only_lease_left(folder: str) -> None:
 
 def _run_leased(spec: SweepSpec, *, resume: bool, address: str | None, num_cpus: int | None,
                 argv: list[str] | None, extra_callbacks: list | None, log: Callable[[str], None]) -> dict[str, int]:
-    points = planned_points(spec)
+    points = spec.planned_points()
     before = take_stock(spec, points)
     todo = [p for p in points if spec.trial_config(p).fingerprint() not in before.done] \
         if points is not None else None

@@ -8,9 +8,11 @@ types, registry names, every grid point, both ends of every search range) before
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+import numpy as np
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from git_ray.config import (ConfigError, Strict, TrialConfig, deep_merge, format_validation_error,
@@ -170,6 +172,23 @@ class SweepSpec(Strict):
     def trial_configs(self) -> list[TrialConfig]:
         return [self.trial_config(p) for p in self.grid_points()]
 
+    def planned_points(self) -> list[dict[str, Any]] | None:
+        """Every trial of the sweep as its {dotted key: value} point, one per distinct trial
+        config, in order: the grid, or for a random search `num_samples` draws per grid point
+        from a generator seeded by `search.seed` (so a re-run, `--dry-run` and `git-ray status`
+        all plan the same trials as the driver). None for an Optuna search, whose trials are
+        decided one by one by its study."""
+        if self.search and self.search.algorithm == "optuna":
+            return None
+        rng = np.random.default_rng(self.search.seed if self.search else 0)
+        space = self.search.space.items() if self.search else ()
+        points: dict[str, dict[str, Any]] = {}
+        for point in self.grid_points():
+            for _ in range(self.search.num_samples if self.search else 1):
+                full = {**point, **{k: sample_value(d, rng) for k, d in space}}
+                points.setdefault(self.trial_config(full).fingerprint(), full)
+        return list(points.values())
+
     def to_yaml(self) -> bytes:
         """The resolved sweep file, as stored beside the results (what `git-ray status` reads)."""
         import yaml
@@ -196,8 +215,10 @@ class SweepSpec(Strict):
         return [g[i:i + n] for g in groups.values() for i in range(0, len(g), n)]
 
     def num_trials(self) -> int:
-        per_point = self.search.num_samples if self.search else 1
-        return len(self.grid_points()) * per_point
+        """Trials the sweep runs: the planned ones (a random search's draws that repeat a trial
+        count once), or for an Optuna search `num_samples` per grid point."""
+        planned = self.planned_points()
+        return len(planned) if planned is not None else len(self.grid_points()) * self.search.num_samples
 
 
 def fuse_key(cfg: TrialConfig) -> str:
@@ -272,3 +293,15 @@ def _checked(spec: SweepSpec, params: Mapping[str, Any], where: str) -> TrialCon
         return spec.trial_config(params)
     except ConfigError as err:
         raise ConfigError(str(err).replace(f"sweep {spec.name!r} trial {dict(params)}", where, 1)) from None
+
+
+def sample_value(dist: dict[str, Any], rng: np.random.Generator) -> Any:
+    """One draw from a search-space distribution ({uniform|loguniform|int|choice: args})."""
+    kind, args = next(iter(dist.items()))
+    if kind == "choice":
+        return args[int(rng.integers(len(args)))]
+    if kind == "int":
+        return int(rng.integers(int(args[0]), int(args[1]) + 1))
+    if kind == "loguniform":
+        return float(math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))))
+    return float(rng.uniform(float(args[0]), float(args[1])))

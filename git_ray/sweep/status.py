@@ -3,8 +3,9 @@
 Counts come from storage, judged against the `sweep.yaml` the driver stored beside the results:
 done (a trials row), failed (a failed row and no trials row), stopped (early-stopped by a
 scheduler: known from the driver's heartbeat only, since a stopped trial writes no rows) and
-missing (the rest). A grid's trials are known in advance, so they are counted by group; a
-search's are drawn as it runs, so only its totals are known. The running trials come from the
+missing (the rest). A grid's or a random search's trials are known in advance (the driver's own
+`SweepSpec.planned_points`), so they are counted by group; an Optuna search's are drawn as it
+runs, so only its totals are known. The running trials come from the
 driver's heartbeat `_status.json` while it is fresh (the driver rewrites it every few seconds);
 a stale one means the driver is gone, and storage alone is shown.
 """
@@ -81,9 +82,10 @@ def sweep_status(root: str, *, by: str | None = None, now: float | None = None) 
 
     lines = [f"sweep {spec.name!r} at {root}: {spec.num_trials()} trial(s)"]
     keys = [by] if by else list(DEFAULT_GROUP)
-    if not spec.search:
+    planned = spec.planned_points()  # the driver's own plan; None for an Optuna search
+    if planned is not None:
         groups: dict[tuple, dict[str, int]] = defaultdict(lambda: dict(done=0, failed=0, running=0, missing=0))
-        for p in spec.grid_points():
+        for p in planned:
             cfg = spec.trial_config(p)
             flat = flatten(cfg.model_dump())
             g = groups[tuple(_group_value(flat, p, k) for k in keys)]
@@ -103,7 +105,7 @@ def sweep_status(root: str, *, by: str | None = None, now: float | None = None) 
     else:
         n_done, n_failed = len(done_ids), len(failed_ids)
         missing = max(0, spec.num_trials() - n_done - n_failed - stopped)
-        lines.append(f"search ({spec.search.algorithm}): done {n_done}, stopped {stopped}, failed {n_failed}, "
+        lines.append(f"search (optuna): done {n_done}, stopped {stopped}, failed {n_failed}, "
                      f"missing {missing} (trials are drawn while it runs, so they are not grouped)")
 
     if beat is None:
