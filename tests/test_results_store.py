@@ -351,10 +351,12 @@ def test_a_full_disk_is_named_and_leaves_no_staging_file(tmp_path, monkeypatch):
         real(fd)
 
     monkeypatch.setattr(storage.os, "fsync", full)
+    result = make_result(make_cfg())
     with pytest.raises(storage.StorageFullError) as err:
-        write_trial(str(tmp_path), make_result(make_cfg()))
+        write_trial(str(tmp_path), result)
     msg = str(err.value)
     assert err.value.errno == errno.ENOSPC and "no space left on the device" in msg
+    assert f"{result.trial_id}." in msg  # the file it names is the trial's own
     assert "_staging" in msg and "partial file was removed" in msg
     assert all_files(tmp_path) == []  # nor in _staging/
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import time
-from types import SimpleNamespace
 
 import pytest
 
@@ -74,8 +73,6 @@ def test_lock_table_leases_expire_and_are_taken_over():
 
 
 def test_a_full_disk_is_named_and_exits_1(tmp_path, monkeypatch, capsys):
-    import errno
-
     from git_ray.cli import main
     from git_ray.sweep import runner
 
@@ -89,17 +86,3 @@ def test_a_full_disk_is_named_and_exits_1(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "is full" in err and "No space left on device" in err and "run" in err
     assert not (tmp_path / "results" / "full" / DRIVER_LEASE).exists()  # the lease was given back
-
-
-def test_a_full_disk_while_writing_a_trials_rows_names_the_trial(monkeypatch):
-    """Both trainables (alone and fused) write through `write_rows`: ENOSPC says disk full."""
-    import git_ray.results
-    from git_ray.sweep import runner
-
-    def full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(git_ray.results, "write_trial", full)
-    with pytest.raises(OSError, match="disk full: no space left to write trial abc123 under /r") as e:
-        runner.write_rows("/r", SimpleNamespace(trial_id="abc123"))
-    assert e.value.errno == errno.ENOSPC

@@ -199,25 +199,12 @@ def local_paths_absolute(cfg, base_dir: str | None):
         "generator": cfg.generator.model_copy(update={"cache": fix(cfg.generator.cache)})})
 
 
-def write_rows(root: str, result) -> None:
-    """A trial's rows to the sweep's storage; a full disk is said as such, with the trial's id."""
-    from git_ray.results import write_trial
-
-    try:
-        write_trial(root, result)
-    except OSError as err:
-        if err.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, f"disk full: no space left to write trial {result.trial_id} "
-                                        f"under {root}") from err
-        raise
-
-
 def trial_trainable(params: dict, *, spec_json: str, base_dir: str | None = None) -> None:
     """The function Ray Tune runs for each trial: one `run_trial`, rows written to storage."""
     import ray
     from ray import tune
 
-    from git_ray.results import read_trial
+    from git_ray.results import read_trial, write_trial
     from git_ray.trial import default_generator_cache, run_trial, torch_threads
 
     spec = SweepSpec.model_validate_json(spec_json)
@@ -246,7 +233,7 @@ def trial_trainable(params: dict, *, spec_json: str, base_dir: str | None = None
         result.trial["optuna_trial_number"] = int(optuna_number)
     if len(result.epochs) < cfg.train.epochs:  # stopped early: the model as it stood, evaluated
         result.trial["status"] = "stopped"
-    write_rows(spec.root, result)
+    write_trial(spec.root, result)  # a full disk: StorageFullError naming the trial's file
     tune.report({**final_metrics(result.trial, result.epochs[-1] if result.epochs else None, skipped=False),
                  "node_id": node})
 
@@ -259,7 +246,7 @@ def fused_trainable(params: dict, *, spec_json: str, base_dir: str | None = None
     first member's; the last report says how the members ended."""
     from ray import tune
 
-    from git_ray.results import trial_exists, write_failure
+    from git_ray.results import trial_exists, write_failure, write_trial
     from git_ray.trial import default_generator_cache, run_trials, torch_threads
 
     spec = SweepSpec.model_validate_json(spec_json)
@@ -282,7 +269,7 @@ def fused_trainable(params: dict, *, spec_json: str, base_dir: str | None = None
                 write_failure(spec.root, cfg.fingerprint(), cfg, f"{type(result).__name__}: {result}", attempts=1)
                 failed_ids.append(cfg.fingerprint())
             else:
-                write_rows(spec.root, result)
+                write_trial(spec.root, result)  # a full disk: StorageFullError naming the trial's file
                 finished += 1
     tune.report({"done": True, "members": len(cfgs), "finished": finished, "skipped": len(cfgs) - len(todo),
                  "failed_members": len(failed_ids), "failed_ids": failed_ids, "node_id": node})
