@@ -66,12 +66,15 @@ def assigned_device(resources: dict[str, float]) -> str:
 
 @contextmanager
 def ray_lock(key: str, lease_s: float = 60.0, poll_s: float = 1.0,
-             log: Callable[[str], None] = lambda m: print(f"[generator] {m}", flush=True)) -> Iterator[None]:
+             log: Callable[[str], None] = lambda m: print(f"[generator] {m}", flush=True),
+             wait: bool = True) -> Iterator[bool]:
     """Hold a sweep-wide lease on `key` through the driver's lock actor (works across nodes).
 
     The holder renews it every lease/4 s from a background thread; if it stops (killed, node
     lost) a waiter takes it over `lease_s` after the last renewal and, for a generator, resumes
-    from the training checkpoint the dead holder left. Waiters log who holds it every 30 s."""
+    from the training checkpoint the dead holder left. Waiters log who holds it every 30 s.
+    The block gets True; with wait=False it gets False at once (holding nothing) when another
+    holder keeps the lease alive (a fused generator group leaves that member out)."""
     import ray
 
     actor = ray.get_actor(LOCK_ACTOR)
@@ -84,11 +87,16 @@ def ray_lock(key: str, lease_s: float = 60.0, poll_s: float = 1.0,
             log(f"warning: took over the lock on {key} from {info} (no renewal for over {lease_s:g} s)")
         return info if status == "held" else None
 
-    wait_until(take, what=f"the lock on {key}", poll_s=min(poll_s, lease_s / 4), log=log)
+    if not wait:
+        if take() is not None:
+            yield False
+            return
+    else:
+        wait_until(take, what=f"the lock on {key}", poll_s=min(poll_s, lease_s / 4), log=log)
     beat = Heartbeat(lambda: ray.get(actor.renew.remote(key, token)), every_s=lease_s / 4,
                      on_lost=lambda: log(f"warning: lost the lock on {key} (renewal missed)")).start()
     try:
-        yield
+        yield True
     finally:
         beat.stop()
         ray.get(actor.release.remote(key, token))
