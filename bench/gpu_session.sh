@@ -29,7 +29,7 @@ PY="${PYTHON:-python3}"
 
 if [ "${1:-}" = "--cpu-smoke" ]; then
   DEV=cpu
-  GENS=(--groups 1,2 --steps 2 --warmup 1 --dim 8 --n-res 1 --mlp-dim 16 --images 64 --separate)
+  GENS=(--groups 1,2 --steps 2 --warmup 1 --dim 8 --n-res 4 --mlp-dim 256 --images 64 --separate)  # gpu_share's MUNIT at dim 8
   SHARE=(--procs 1 --gen-procs 1 --steps 2 --warmup 1 --gen-steps 2 --gen-warmup 1 --gen-dim 8 --images 128 --git-steps 0)
   FUSED=(--groups 1,2 --epochs 2 --images 64 --batch 16 --width 2 --separate)
   COMPILE=(--groups 2 --epochs 2 --images 64 --batch 16 --width 2 --no-separate --compile none --compile-group 2 --no-projection)
