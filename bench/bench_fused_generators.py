@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             s = separate_rate(list(range(g)), args, device)
             out.update({f"separate.g{g}.{k}": v for k, v in s.items()})
             out[f"fused_vs_separate.g{g}"] = r["steps_per_s"] / s["steps_per_s"]
-        out["best_steps_per_s"] = max(v for k, v in out.items() if k.startswith("fused.") and k.endswith(".steps_per_s"))
+        out["best_steps_per_s"] = max(v for k, v in out.items()
+                                      if k.startswith("fused.") and k.endswith(".steps_per_s"))
         if args.json:  # after every figure: a run cut short by a time limit keeps what it measured
             save_figures(args.json, device, argv, out)
     print_figures("fused generators (member-steps/s in total; ratio fused / separate processes)", out)

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from git_ray.config import GeneratorConfig
-from git_ray.generative.cache import generator_fingerprint, generator_paths, get_generators, file_lock
+from git_ray.generative.cache import (file_lock, generator_fingerprint, generator_paths, get_generators,
+                                      inspect_entry)
 from git_ray.generative.fused import StackedMunits, train_munits
 from git_ray.generative.networks import AdaResBlock, ConvBlock, Munit
 from git_ray.generative.train import MunitRun, load_checkpoint, train_munit
@@ -232,5 +233,6 @@ def test_tiny_sweep_trains_two_generators_in_one_fused_task(tmp_path, ray_local,
         meta = json.loads((d / "meta.json").read_text())
         assert meta["fingerprint"] == d.name and meta["fused"] == 2
         assert (d / "generator.pt").is_file() and (d / "samples.png").is_file()
+        assert inspect_entry(str(cache), d.name) == []  # what `git-ray verify` checks: all well
     trials = read_tables(str(tmp_path / "results" / "fgen"))["trials"]
     assert len(trials) == 2 and trials["generator_coverage"].notna().all()
