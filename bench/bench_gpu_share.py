@@ -2,7 +2,7 @@
 the full K49 study of METHOD.md.
 
     python -m bench.bench_gpu_share [--device cuda] [--procs 1,2,4,8] [--gen-procs 1,2,4,8]
-                                    [--steps 200] [--gen-steps 100]
+                                    [--steps 200] [--gen-steps 100] [--gen-fused-json GENERATORS.json]
 
 Packing: n processes at once (n in --procs), each with torch.cuda.set_per_process_memory_fraction(1/n)
 (what a sweep trial with `gpu: 1/n` sets), each training ResNet-20 on K49-LT-size data (7,832
@@ -17,7 +17,9 @@ on the 7,832 K49-LT training images; every epoch also validates on 100 images a 
 `eval.val_per_class` in sweeps/k49_invariance.yaml; the whole 46,473-image split, 20% of K49's
 train set, is given apart as `validation_full_split_gpu_h`); then the test set (38,547)
 and the eKLD estimator (49 x 40 x 100 draws). Generators: K49-BG and K49-DIL x 30 instances, 10,000
-MUNIT steps at batch 1 each. A GIT line (CE+DRS+GIT for BG and DIL, 60 classifiers whose last 20
+MUNIT steps at batch 1 each, at the best of the packed processes' total rate and, with
+--gen-fused-json, the best fused rate of `bench_fused_generators` (G generators stacked in one
+process, as a sweep's phase 0 trains them on a GPU). A GIT line (CE+DRS+GIT for BG and DIL, 60 classifiers whose last 20
 epochs generate half of every batch) is given apart, since the brief's list does not include it.
 """
 from __future__ import annotations
@@ -241,6 +243,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--gen-dim", type=int, default=64, help="MUNIT width (the paper's 64; smaller for smoke runs)")
     ap.add_argument("--images", type=int, default=None, help="training images per process (default: K49-LT's)")
     ap.add_argument("--git-steps", type=int, default=20, help="timed GIT steps for the GIT line (0: skip)")
+    ap.add_argument("--gen-fused-json", default=None,
+                    help="a `bench_fused_generators --json` file measured on the same device: its best "
+                         "fused rate joins the packed ones for the projection's generators")
     ap.add_argument("--json", default=None, help="also write the figures and the machine to this file "
                                                  "(bench_fused --share-json reads it)")
     return ap.parse_args(argv)
@@ -268,6 +273,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     out["generator.holds"] = float(holds(gen))
     best_cls = max(r["total"] for r in cls.values())
     best_gen = max(r["total"] for r in gen.values())
+    out["generator.best_packed_total_steps_per_s"] = best_gen
+    if args.gen_fused_json:  # G generators stacked in one process (bench_fused_generators)
+        import json
+
+        with open(args.gen_fused_json) as f:
+            fused = json.load(f)["figures"]
+        if "best_steps_per_s" in fused:
+            out["generator.fused_total_steps_per_s"] = fused["best_steps_per_s"]
+            best_gen = max(best_gen, fused["best_steps_per_s"])
     out["classifier.best_total_images_per_s"] = best_cls
     out["generator.best_total_steps_per_s"] = best_gen
     ev = eval_rates(device)

@@ -233,9 +233,11 @@ class Lease:
 
 @contextlib.contextmanager
 def lease_lock(location: str, term_s: float | None = None, *, what: str | None = None,
-               poll_s: float | None = None, log: Callable[[str], None] = print) -> Iterator[Lease]:
+               poll_s: float | None = None, log: Callable[[str], None] = print,
+               wait: bool = True) -> Iterator[Lease | None]:
     """Hold the lease at `location` for the block: wait (logging who holds it every 30 s) until it
-    is free or expired, renew it in the background, give it back at the end."""
+    is free or expired, renew it in the background, give it back at the end. With wait=False a
+    lease another holder keeps alive is not waited for: the block gets None and holds nothing."""
     lease = Lease(location, term_s, log=log)
     poll = poll_s if poll_s is not None else min(1.0, lease.term_s / 4)
 
@@ -243,7 +245,12 @@ def lease_lock(location: str, term_s: float | None = None, *, what: str | None =
         holder = lease.try_acquire()
         return None if holder is None else holder.describe()
 
-    wait_until(take, what=what or location, poll_s=poll, log=log)
+    if not wait:
+        if take() is not None:
+            yield None
+            return
+    else:
+        wait_until(take, what=what or location, poll_s=poll, log=log)
     lease.start_heartbeat()
     try:
         yield lease

@@ -27,6 +27,7 @@ runs the same checks over a whole cache (`inspect_entry`).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
@@ -71,11 +72,12 @@ def generator_paths(cache: str, fingerprint: str) -> dict[str, str]:
             "quarantine": storage.join(cache, storage.QUARANTINE, fingerprint)}
 
 
-def file_lock(path: str, term_s: float | None = None,
-              log: Callable[[str], None] = print) -> ContextManager[Any]:
+def file_lock(path: str, term_s: float | None = None, log: Callable[[str], None] = print,
+              wait: bool = True) -> ContextManager[Any]:
     """An exclusive lease on `path` (local file or URI): renewed while held, taken over by a
-    waiter `term_s` seconds (default $GIT_RAY_LEASE_S or 60) after its holder stops renewing."""
-    return lease_lock(path, term_s, what=f"generator lock {path}", log=log)
+    waiter `term_s` seconds (default $GIT_RAY_LEASE_S or 60) after its holder stops renewing.
+    wait=False: the block gets None at once if another holder has it."""
+    return lease_lock(path, term_s, what=f"generator lock {path}", log=log, wait=wait)
 
 
 def save_generator(munit: Munit, gcfg: GeneratorConfig, data_fingerprint: str) -> bytes:
@@ -201,58 +203,132 @@ def _from_blob(blob: dict[str, Any], device: torch.device | str) -> Munit:
 
 
 def _lock_for(cache: str, fp: str, lock_factory: LockFactory | None,
-              log: Callable[[str], None]) -> ContextManager[Any]:
+              log: Callable[[str], None], wait: bool = True) -> ContextManager[Any]:
+    """The entry's lock. With wait=False the block gets a false value (and holds nothing) when
+    another holder has it."""
     if lock_factory is not None:
-        return lock_factory(fp)
-    return file_lock(storage.join(cache, f"{fp}.lock"), log=log)
+        return lock_factory(fp) if wait else lock_factory(fp, wait=False)
+    return file_lock(storage.join(cache, f"{fp}.lock"), log=log, wait=wait)
+
+
+def _finished(paths: dict[str, str], device: torch.device | str, log: Callable[[str], None],
+              locked: bool) -> Munit | None:
+    """The entry's generator if its generator.pt is usable. A bad one is reported; under the
+    entry's lock (`locked`) it is also set aside, and a bad training checkpoint with it."""
+    if storage.is_file(paths["checkpoint"]):
+        munit, why = _load_checked(paths, device)
+        if munit is not None:
+            log(f"generator: loading {paths['checkpoint']}" + (" (trained by another trial)" if locked else ""))
+            return munit
+        if not locked:
+            log(f"generator: warning: {paths['checkpoint']} {why}; it will be set aside and trained again")
+        else:
+            _set_aside(paths, "checkpoint", why, log, then="training it again")
+    if locked and storage.is_file(paths["training_checkpoint"]):
+        blob, why = _read_blob(paths["training_checkpoint"])
+        why = why or checkpoint_problem(blob, paths["fingerprint"])
+        del blob  # training loads it again (on the training device)
+        if why:
+            _set_aside(paths, "training_checkpoint", why, log, then="training starts from step 0")
+    return None
+
+
+def _store(munit: Munit, data: Any, gcfg: GeneratorConfig, paths: dict[str, str], seconds: float,
+           device: torch.device | str, log: Callable[[str], None], fused: int = 1) -> None:
+    """A freshly trained generator's samples, quality check, meta.json and generator.pt (last:
+    its presence marks the entry complete); the training checkpoint goes."""
+    staging = paths["staging"]
+    storage.write_bytes(paths["samples"], sample_grid_png(munit, data, seed=gcfg.seed, device=device),
+                        staging=staging)
+    quality = quality_check(munit, data, device=device, seed=gcfg.seed)
+    coverage = quality.pop("coverage")  # the details (ranges, noise floor) get their own key
+    log(f"generator: {quality_line(quality)}")
+    meta = {"fingerprint": paths["fingerprint"], "data_fingerprint": data.fingerprint,
+            "config": gcfg.model_dump(exclude={"cache"}), "steps": gcfg.steps,
+            "seconds": round(seconds, 3), "device": str(device), "code_version": CODE_VERSION,
+            "fused": fused, "quality": quality, "coverage": coverage}
+    storage.write_bytes(paths["meta"], json.dumps(meta, indent=2).encode(), staging=staging)
+    storage.write_bytes(paths["checkpoint"], save_generator(munit, gcfg, data.fingerprint), staging=staging)
+    storage.delete(paths["training_checkpoint"])  # optimizer + discriminator state: no longer needed
+    log(f"generator: trained in {seconds:.1f} s; samples at {paths['samples']}")
+
+
+def _training_line(gcfg: GeneratorConfig, paths: dict[str, str]) -> str:
+    return (f"generator: training {paths['fingerprint']} ({gcfg.steps} steps, batch {gcfg.batch_size}, "
+            f"dim {gcfg.dim}) into {paths['folder']}")
 
 
 def get_generator(data: Any, gcfg: GeneratorConfig, *, cache: str, device: torch.device | str,
                   lock_factory: LockFactory | None = None,
                   log: Callable[[str], None] = print) -> Munit:
     """The trained generator for (data, gcfg): loaded from the cache, or trained once and stored."""
-    fp = generator_fingerprint(data.fingerprint, gcfg)
-    paths = generator_paths(cache, fp)
-    if storage.is_file(paths["checkpoint"]):
-        munit, why = _load_checked(paths, device)
+    paths = generator_paths(cache, generator_fingerprint(data.fingerprint, gcfg))
+    munit = _finished(paths, device, log, locked=False)
+    if munit is not None:
+        return munit
+    with _lock_for(cache, paths["fingerprint"], lock_factory, log):
+        munit = _finished(paths, device, log, locked=True)  # finished by someone else while we waited?
         if munit is not None:
-            log(f"generator: loading {paths['checkpoint']}")
             return munit
-        log(f"generator: warning: {paths['checkpoint']} {why}; it will be set aside and trained again")
-    with _lock_for(cache, fp, lock_factory, log):
-        if storage.is_file(paths["checkpoint"]):  # finished by someone else while we waited?
-            munit, why = _load_checked(paths, device)
-            if munit is not None:
-                log(f"generator: loading {paths['checkpoint']} (trained by another trial)")
-                return munit
-            _set_aside(paths, "checkpoint", why, log, then="training it again")
-        if storage.is_file(paths["training_checkpoint"]):
-            blob, why = _read_blob(paths["training_checkpoint"])
-            why = why or checkpoint_problem(blob, fp)
-            del blob  # train_munit loads it again (on the training device)
-            if why:
-                _set_aside(paths, "training_checkpoint", why, log, then="training starts from step 0")
-        log(f"generator: training {fp} ({gcfg.steps} steps, batch {gcfg.batch_size}, dim {gcfg.dim}) "
-            f"into {paths['folder']}")
+        log(_training_line(gcfg, paths))
         start = time.perf_counter()
         munit = train_munit(data, gcfg, device=device, checkpoint_path=paths["training_checkpoint"], log=log)
-        seconds = time.perf_counter() - start
-        staging = paths["staging"]
-        storage.write_bytes(paths["samples"], sample_grid_png(munit, data, seed=gcfg.seed, device=device),
-                            staging=staging)
-        quality = quality_check(munit, data, device=device, seed=gcfg.seed)
-        coverage = quality.pop("coverage")  # the details (ranges, noise floor) get their own key
-        log(f"generator: {quality_line(quality)}")
-        meta = {"fingerprint": fp, "data_fingerprint": data.fingerprint,
-                "config": gcfg.model_dump(exclude={"cache"}), "steps": gcfg.steps,
-                "seconds": round(seconds, 3), "device": str(device), "code_version": CODE_VERSION,
-                "quality": quality, "coverage": coverage}
-        storage.write_bytes(paths["meta"], json.dumps(meta, indent=2).encode(), staging=staging)
-        # Written last: its presence is what marks the entry complete.
-        storage.write_bytes(paths["checkpoint"], save_generator(munit, gcfg, data.fingerprint), staging=staging)
-        storage.delete(paths["training_checkpoint"])  # optimizer + discriminator state: no longer needed
-        log(f"generator: trained in {seconds:.1f} s; samples at {paths['samples']}")
+        _store(munit, data, gcfg, paths, time.perf_counter() - start, device, log)
         return munit
+
+
+def get_generators(members: list[tuple[Any, GeneratorConfig]], *, cache: str, device: torch.device | str,
+                   lock_factory: LockFactory | None = None, stacked: bool | None = None,
+                   log: Callable[[str], None] = print) -> list[Munit | Exception]:
+    """`get_generator` for G (data, gcfg) at once (`cache` unless a gcfg names its own): those in
+    the cache are loaded; the others whose lock this call gets train together
+    (`git_ray.generative.fused.train_munits`: stacked on a GPU) and are stored each under its own
+    fingerprint, each resuming from its own checkpoint; one whose lock another holder has is
+    waited for afterwards, as `get_generator` waits. Returns each member's generator, or the
+    error that stopped it (one member's failure, a NaN loss included, is its own). `meta.json`
+    records each member's share (1/G) of the fused training time and `fused`: G."""
+    from git_ray.generative.fused import train_munits
+
+    out: list[Munit | Exception | None] = [None] * len(members)
+    paths = [generator_paths(gcfg.cache or cache, generator_fingerprint(data.fingerprint, gcfg))
+             for data, gcfg in members]
+    with contextlib.ExitStack() as held:
+        todo: list[int] = []
+        for i, (data, gcfg) in enumerate(members):
+            try:
+                out[i] = _finished(paths[i], device, log, locked=False)
+                if out[i] is not None:
+                    continue
+                if not held.enter_context(_lock_for(gcfg.cache or cache, paths[i]["fingerprint"], lock_factory,
+                                                    log, wait=False)):
+                    continue  # another holder trains it: waited for below
+                out[i] = _finished(paths[i], device, log, locked=True)
+                if out[i] is None:
+                    log(_training_line(gcfg, paths[i]))
+                    todo.append(i)
+            except Exception as err:  # noqa: BLE001
+                out[i] = err
+        start = time.perf_counter()
+        trained = train_munits([(members[i][0], members[i][1], paths[i]["training_checkpoint"]) for i in todo],
+                               device=device, stacked=stacked, log=log)
+        seconds = (time.perf_counter() - start) / max(len(todo), 1)
+        for i, munit in zip(todo, trained):
+            out[i] = munit
+            if isinstance(munit, Exception):
+                log(f"generator: {paths[i]['fingerprint']} failed: {type(munit).__name__}: {munit}")
+                continue
+            try:
+                _store(munit, members[i][0], members[i][1], paths[i], seconds, device, log, fused=len(todo))
+            except Exception as err:  # noqa: BLE001
+                out[i] = err
+    for i, (data, gcfg) in enumerate(members):
+        if out[i] is None:  # its lock was held elsewhere: wait for it (or take it over) as alone
+            try:
+                out[i] = get_generator(data, gcfg, cache=gcfg.cache or cache, device=device,
+                                       lock_factory=lock_factory, log=log)
+            except Exception as err:  # noqa: BLE001
+                out[i] = err
+    return out  # type: ignore[return-value]
 
 
 def read_generator_meta(data: Any, gcfg: GeneratorConfig, *, cache: str) -> dict[str, Any] | None:

@@ -13,14 +13,20 @@ freely across all classes (style: the nuisance). One step, following MUNIT's cro
 Adam (betas 0.5, 0.999, weight decay 1e-4), lr halved every 100k steps. A checkpoint (weights,
 both optimizers, the sampling RNG, step, config, data fingerprint) is written atomically every
 `checkpoint_every` steps; a run that finds one resumes from its step and, on CPU, ends bitwise
-equal to an uninterrupted run with the same seed.
+equal to an uninterrupted run with the same seed. Losses are checked for NaN / inf on the device
+and read every 50 steps and before every checkpoint: a generator whose loss is not finite stops
+with `NonFiniteLossError` and writes no checkpoint past its last finite one.
+
+`munit_step` and `train_steps` (the loop) serve one generator (`MunitRun`) and G generators
+stacked into one (`git_ray.generative.fused.StackedMunits`) alike: the step asks its `nets` to
+run each piece of the loss on the networks, and a stacked `nets` runs it for every member at once.
 """
 from __future__ import annotations
 
 import io
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +35,7 @@ from torch import Tensor
 from git_ray import storage
 from git_ray.generative.networks import Discriminator, Munit, build_munit
 from git_ray.generative.samples import sample_grid_png
+from git_ray.train.loop import NonFiniteLossError
 
 # MUNIT's loss weights (METHOD.md): no cycle or perceptual term.
 W_ADV, W_IMAGE, W_STYLE, W_CONTENT = 1.0, 10.0, 1.0, 1.0
@@ -36,6 +43,7 @@ ADAM_BETAS = (0.5, 0.999)
 WEIGHT_DECAY = 1e-4
 LR_HALVING_STEPS = 100_000
 CHECKPOINT_FORMAT = "git_ray.munit_checkpoint/1"
+NAN_CHECK_EVERY = 50  # steps between reads of the on-device finite-loss flags (a host sync each)
 
 StepCallback = Callable[[int, dict[str, Tensor]], None]
 
@@ -75,24 +83,31 @@ def _lsgan_g(fake: Tensor) -> Tensor:
     return ((fake - 1) ** 2).mean()
 
 
-def munit_step(munit: Munit, dis: Discriminator, opt_g: torch.optim.Optimizer,
-               opt_d: torch.optim.Optimizer, x_a: Tensor, x_b: Tensor, z_a: Tensor,
-               z_b: Tensor, w_style: float = W_STYLE) -> dict[str, Tensor]:
-    """One discriminator and one generator update. x_* (B, C, H, W) in [-1, 1]; z_* (B, style_dim)."""
-    c_a, s_a = munit.encode(x_a)  # (B, D, h, w), (B, S)
+# ---------------------------------------------------------------------------------------------
+# The step: three pieces of one generator's loss, and the update that strings them together
+
+
+def translations(munit: Munit, dis: Discriminator, x_a: Tensor, x_b: Tensor, z_a: Tensor,
+                 z_b: Tensor) -> tuple[Tensor, ...]:
+    """Both batches encoded, and each one's content decoded in the other's random style:
+    c_a, c_b (B, D, h, w); s_a, s_b (B, S); x_ab, x_ba (B, C, H, W)."""
+    c_a, s_a = munit.encode(x_a)
     c_b, s_b = munit.encode(x_b)
     x_ab = munit.decode(c_a, z_b)  # a's content in a random style
     x_ba = munit.decode(c_b, z_a)
+    return c_a, s_a, c_b, s_b, x_ab, x_ba
 
-    # Discriminator first, on the detached translations (the generator graph stays intact).
-    dis.requires_grad_(True)
-    d_loss = _lsgan_d(dis(x_a), dis(x_ba.detach())) + _lsgan_d(dis(x_b), dis(x_ab.detach()))
-    opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
-    opt_d.step()
 
-    # Generator against the updated discriminator; D's weights need no grads here.
-    dis.requires_grad_(False)
+def discriminator_loss(munit: Munit, dis: Discriminator, x_a: Tensor, x_b: Tensor, x_ab: Tensor,
+                       x_ba: Tensor) -> Tensor:
+    """LSGAN: real x_a, x_b against the (detached) translations. A scalar."""
+    return _lsgan_d(dis(x_a), dis(x_ba)) + _lsgan_d(dis(x_b), dis(x_ab))
+
+
+def generator_losses(munit: Munit, dis: Discriminator, x_a: Tensor, x_b: Tensor, z_a: Tensor, z_b: Tensor,
+                     c_a: Tensor, s_a: Tensor, c_b: Tensor, s_b: Tensor, x_ab: Tensor, x_ba: Tensor,
+                     w_style: float | Tensor) -> dict[str, Tensor]:
+    """The generator's weighted loss `g` and its terms (scalars), against the updated D."""
     c_ab, z_b_rec = munit.encode(x_ab)
     c_ba, z_a_rec = munit.encode(x_ba)
     image = F.l1_loss(munit.decode(c_a, s_a), x_a) + F.l1_loss(munit.decode(c_b, s_b), x_b)
@@ -100,12 +115,55 @@ def munit_step(munit: Munit, dis: Discriminator, opt_g: torch.optim.Optimizer,
     content = F.l1_loss(c_ab, c_a) + F.l1_loss(c_ba, c_b)
     adv = _lsgan_g(dis(x_ab)) + _lsgan_g(dis(x_ba))
     g_loss = W_ADV * adv + W_IMAGE * image + w_style * style + W_CONTENT * content
+    return {"g": g_loss, "adv": adv, "image": image, "style": style, "content": content}
+
+
+class Nets(Protocol):
+    """What `munit_step` and `train_steps` need: one generator (`MunitRun`) or G stacked
+    (`git_ray.generative.fused.StackedMunits`)."""
+
+    members: int
+    step: int
+    device: torch.device
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    w_style: float | Tensor
+
+    def __call__(self, fn: Callable[..., Any], *args: Any) -> Any: ...
+    def discriminator_trains(self, on: bool) -> None: ...
+    def set_lr(self, lr: float) -> None: ...
+    def draw(self) -> tuple[Tensor, Tensor, Tensor, Tensor]: ...
+    def save(self, alive: list[bool]) -> dict[int, Exception]: ...
+
+
+def munit_step(nets: Nets, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, x_a: Tensor,
+               x_b: Tensor, z_a: Tensor, z_b: Tensor, w_style: float | Tensor = W_STYLE) -> dict[str, Tensor]:
+    """One discriminator and one generator update. x_* (B, C, H, W) in [-1, 1]; z_* (B, style_dim).
+
+    `nets(fn, *args)` runs fn(munit, dis, *args). For G stacked generators every argument and
+    result carries a leading member dim (G, ...) and each loss is (G,): members share no
+    parameter, so the gradient of the sum is each member's own."""
+    c_a, s_a, c_b, s_b, x_ab, x_ba = nets(translations, x_a, x_b, z_a, z_b)
+
+    # Discriminator first, on the detached translations (the generator graph stays intact).
+    nets.discriminator_trains(True)
+    d_loss = nets(discriminator_loss, x_a, x_b, x_ab.detach(), x_ba.detach())
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.sum().backward()
+    opt_d.step()
+
+    # Generator against the updated discriminator; D's weights need no grads here.
+    nets.discriminator_trains(False)
+    losses = nets(generator_losses, x_a, x_b, z_a, z_b, c_a, s_a, c_b, s_b, x_ab, x_ba, w_style)
     opt_g.zero_grad(set_to_none=True)
-    g_loss.backward()
+    losses["g"].sum().backward()
     opt_g.step()
-    dis.requires_grad_(True)
-    return {"d": d_loss.detach(), "g": g_loss.detach(), "adv": adv.detach(),
-            "image": image.detach(), "style": style.detach(), "content": content.detach()}
+    nets.discriminator_trains(True)
+    return {"d": d_loss.detach(), **{k: v.detach() for k, v in losses.items()}}
+
+
+# ---------------------------------------------------------------------------------------------
+# One generator's training state, checkpoints
 
 
 def _checkpoint_bytes(state: dict[str, Any]) -> bytes:
@@ -124,72 +182,148 @@ def _identity(gcfg: Any) -> dict[str, Any]:
     return gcfg.model_dump(exclude={"cache"})
 
 
+class MunitRun:
+    """One generator's training: its networks, Adam optimizers, sampling RNG and sampler, its
+    training images on the device and its step, resumed from `checkpoint_path` when one is there.
+    It is also the `Nets` of a lone run: `run(fn, *args)` is fn(munit, dis, *args)."""
+
+    members = 1
+
+    def __init__(self, data: Any, gcfg: Any, *, device: torch.device | str = "cpu",
+                 checkpoint_path: str | None = None, log: Callable[[str], None] = print):
+        self.data, self.gcfg, self.device = data, gcfg, torch.device(device)
+        self.checkpoint_path = checkpoint_path
+        self.rng = torch.Generator().manual_seed(gcfg.seed)
+        self.munit, self.dis = build_munit(in_channels=data.channels, image_size=data.image_size, gcfg=gcfg,
+                                           generator=self.rng, device=self.device)
+        adam = dict(lr=gcfg.lr, betas=ADAM_BETAS, weight_decay=WEIGHT_DECAY)
+        self.opt_g = torch.optim.Adam(self.munit.parameters(), **adam)
+        self.opt_d = torch.optim.Adam(self.dis.parameters(), **adam)
+        self.sampler = BalancedSampler(data.y_train, self.rng)
+        self.x_train = data.x_train.to(self.device)  # (N, C, H, W) in [0, 1]
+        self.w_style = W_STYLE if gcfg.style_weight is None else gcfg.style_weight
+        self.step = 0
+        if checkpoint_path is not None and storage.exists(checkpoint_path):
+            self._resume(log)
+
+    def _resume(self, log: Callable[[str], None]) -> None:
+        ck = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        if ck["config"] != _identity(self.gcfg) or ck["data_fingerprint"] != self.data.fingerprint:
+            raise ValueError(f"{self.checkpoint_path} was written for another generator config or data set "
+                             f"(config {ck['config']}, data {ck['data_fingerprint']}); delete it or "
+                             "point the cache elsewhere")
+        self.munit.load_state_dict(ck["munit"])
+        self.dis.load_state_dict(ck["dis"])
+        self.opt_g.load_state_dict(ck["opt_g"])
+        self.opt_d.load_state_dict(ck["opt_d"])
+        self.rng.set_state(ck["rng"])
+        self.step = ck["step"]
+        log(f"generator: resuming from {self.checkpoint_path} at step {self.step}/{self.gcfg.steps}")
+
+    # -- Nets ------------------------------------------------------------------------------------
+    def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(self.munit, self.dis, *args)
+
+    def discriminator_trains(self, on: bool) -> None:
+        self.dis.requires_grad_(on)
+
+    def set_lr(self, lr: float) -> None:
+        for group in (*self.opt_g.param_groups, *self.opt_d.param_groups):
+            group["lr"] = lr
+
+    def draw_cpu(self) -> tuple[Tensor, Tensor]:
+        """The next batch's draws from this run's RNG: indices (2B,) and style codes (2B, S), on the CPU."""
+        idx = self.sampler(2 * self.gcfg.batch_size)  # both domains from the same pool
+        z = torch.randn(2 * self.gcfg.batch_size, self.gcfg.style_dim, generator=self.rng)
+        return idx, z
+
+    def draw(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x_a, x_b (B, C, H, W) in [-1, 1] and z_a, z_b (B, S) on the device."""
+        idx, z = self.draw_cpu()
+        z = z.to(self.device)  # (2B, S)
+        x = self.x_train[idx.to(self.device)] * 2 - 1  # (2B, C, H, W) in [-1, 1]
+        x_a, x_b = x.chunk(2)
+        z_a, z_b = z.chunk(2)
+        return x_a, x_b, z_a, z_b
+
+    def save(self, alive: list[bool] | None = None) -> dict[int, Exception]:
+        """Write the checkpoint and a sample grid beside it (nothing without a checkpoint path)."""
+        if self.checkpoint_path is None or (alive is not None and not alive[0]):
+            return {}
+        state = {"format": CHECKPOINT_FORMAT, "config": _identity(self.gcfg), "spec": self.munit.spec,
+                 "data_fingerprint": self.data.fingerprint, "step": self.step,
+                 "munit": self.munit.state_dict(), "dis": self.dis.state_dict(),
+                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "rng": self.rng.get_state()}
+        storage.write_bytes(self.checkpoint_path, _checkpoint_bytes(state))
+        png = sample_grid_png(self.munit, self.data, seed=self.gcfg.seed, device=self.device)
+        storage.write_bytes(storage.join(_parent(self.checkpoint_path), "samples.png"), png)
+        self.munit.train()
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train_steps(nets: Nets, gcfg: Any, *, callback: StepCallback | None = None,
+                log: Callable[[str], None] = print, log_every: int | None = None,
+                nan_check_every: int = NAN_CHECK_EVERY) -> list[NonFiniteLossError | Exception | None]:
+    """Train `nets` from its step to `gcfg.steps`: the lr schedule, each member's own draws, one
+    `munit_step`, checkpoints every `gcfg.checkpoint_every` steps and at the end, a log line
+    every `log_every` steps (default 10% of training), `callback(step, losses)` after every step.
+    Returns each member's error (a non-finite loss, or a failed checkpoint write of a stacked
+    member), None for members that finished; a stopped member writes no further checkpoint and
+    the others go on."""
+    G = nets.members
+    alive, errors = [True] * G, [None] * G
+    bad_step = torch.full((G,), -1, dtype=torch.long, device=nets.device)  # (G,) first non-finite step
+    log_every = log_every or max(1, gcfg.steps // 10)
+    every = max(1, nan_check_every)
+    t0, start = time.perf_counter(), nets.step
+    while nets.step < gcfg.steps and any(alive):
+        nets.set_lr(lr_at(gcfg.lr, nets.step))
+        losses = munit_step(nets, nets.opt_g, nets.opt_d, *nets.draw(), w_style=nets.w_style)
+        finite = torch.isfinite(losses["d"] + losses["g"]).reshape(G)  # (G,), on the device
+        bad_step = torch.where(~finite & (bad_step < 0), nets.step, bad_step)
+        nets.step += 1
+        checkpoint = nets.step % gcfg.checkpoint_every == 0 or nets.step == gcfg.steps
+        if checkpoint or nets.step % every == 0:  # one host sync
+            for g, s in enumerate(bad_step.tolist()):
+                if s >= 0 and alive[g]:
+                    alive[g] = False
+                    errors[g] = NonFiniteLossError(
+                        f"generator loss became non-finite at step {s} (lr {lr_at(gcfg.lr, s):.3g}); lower "
+                        "generator.lr or check the data")
+        if checkpoint:
+            for g, err in nets.save(alive).items():
+                alive[g], errors[g] = False, err
+        if nets.step % log_every == 0 or nets.step == gcfg.steps:
+            rate = (nets.step - start) / max(time.perf_counter() - t0, 1e-9)
+            live = torch.tensor([g for g in range(G) if alive[g]], dtype=torch.long)
+            mean = {k: float(v.reshape(G)[live.to(v.device)].float().mean()) if len(live) else float("nan")
+                    for k, v in losses.items()}
+            log(f"generator step {nets.step}/{gcfg.steps} ({rate:.1f} it/s{f', {G} fused' if G > 1 else ''}) "
+                + " ".join(f"{k}={v:.3f}" for k, v in mean.items()))
+        if callback is not None:
+            callback(nets.step, losses)
+    return errors
+
+
 def train_munit(data: Any, gcfg: Any, *, device: torch.device | str = "cpu",
                 checkpoint_path: str | None = None, callback: StepCallback | None = None,
                 log: Callable[[str], None] = print, log_every: int | None = None) -> Munit:
     """Train MUNIT on `data.x_train` (images in [0, 1]) for `gcfg.steps` steps; returns the
     generator in eval mode. With `checkpoint_path` (local path or URI) the run checkpoints every
     `gcfg.checkpoint_every` steps (and at the end), writes a sample grid beside it, and resumes
-    from the checkpoint if one is there. `callback(step, losses)` runs after every step."""
-    device = torch.device(device)
-    rng = torch.Generator().manual_seed(gcfg.seed)
-    munit, dis = build_munit(in_channels=data.channels, image_size=data.image_size, gcfg=gcfg,
-                             generator=rng, device=device)
-    opt_g = torch.optim.Adam(munit.parameters(), lr=gcfg.lr, betas=ADAM_BETAS, weight_decay=WEIGHT_DECAY)
-    opt_d = torch.optim.Adam(dis.parameters(), lr=gcfg.lr, betas=ADAM_BETAS, weight_decay=WEIGHT_DECAY)
-    sampler = BalancedSampler(data.y_train, rng)
-    x_train = data.x_train.to(device)
-    step = 0
-
-    if checkpoint_path is not None and storage.exists(checkpoint_path):
-        ck = load_checkpoint(checkpoint_path, map_location=device)
-        if ck["config"] != _identity(gcfg) or ck["data_fingerprint"] != data.fingerprint:
-            raise ValueError(f"{checkpoint_path} was written for another generator config or data set "
-                             f"(config {ck['config']}, data {ck['data_fingerprint']}); delete it or "
-                             "point the cache elsewhere")
-        munit.load_state_dict(ck["munit"])
-        dis.load_state_dict(ck["dis"])
-        opt_g.load_state_dict(ck["opt_g"])
-        opt_d.load_state_dict(ck["opt_d"])
-        rng.set_state(ck["rng"])
-        step = ck["step"]
-        log(f"generator: resuming from {checkpoint_path} at step {step}/{gcfg.steps}")
-
-    def save() -> None:
-        state = {"format": CHECKPOINT_FORMAT, "config": _identity(gcfg), "spec": munit.spec,
-                 "data_fingerprint": data.fingerprint, "step": step,
-                 "munit": munit.state_dict(), "dis": dis.state_dict(),
-                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": rng.get_state()}
-        storage.write_bytes(checkpoint_path, _checkpoint_bytes(state))
-        png = sample_grid_png(munit, data, seed=gcfg.seed, device=device)
-        storage.write_bytes(storage.join(_parent(checkpoint_path), "samples.png"), png)
-        munit.train()
-
-    w_style = W_STYLE if gcfg.style_weight is None else gcfg.style_weight
-    log_every = log_every or max(1, gcfg.steps // 10)
-    munit.train()
-    dis.train()
-    t0 = time.perf_counter()
-    start = step
-    while step < gcfg.steps:
-        for group in (*opt_g.param_groups, *opt_d.param_groups):
-            group["lr"] = lr_at(gcfg.lr, step)
-        idx = sampler(2 * gcfg.batch_size)  # (2B,) both domains from the same pool
-        z = torch.randn(2 * gcfg.batch_size, gcfg.style_dim, generator=rng).to(device)  # (2B, S)
-        x = x_train[idx.to(device)] * 2 - 1  # (2B, C, H, W) in [-1, 1]
-        x_a, x_b = x.chunk(2)
-        z_a, z_b = z.chunk(2)
-        losses = munit_step(munit, dis, opt_g, opt_d, x_a, x_b, z_a, z_b, w_style=w_style)
-        step += 1
-        if checkpoint_path is not None and (step % gcfg.checkpoint_every == 0 or step == gcfg.steps):
-            save()
-        if step % log_every == 0 or step == gcfg.steps:
-            rate = (step - start) / max(time.perf_counter() - t0, 1e-9)
-            log(f"generator step {step}/{gcfg.steps} ({rate:.1f} it/s) "
-                + " ".join(f"{k}={v.item():.3f}" for k, v in losses.items()))
-        if callback is not None:
-            callback(step, losses)
-    return munit.eval()
+    from the checkpoint if one is there. `callback(step, losses)` runs after every step. A loss
+    that is not finite raises `NonFiniteLossError`."""
+    run = MunitRun(data, gcfg, device=device, checkpoint_path=checkpoint_path, log=log)
+    run.munit.train()
+    run.dis.train()
+    (error,) = train_steps(run, gcfg, callback=callback, log=log, log_every=log_every)
+    if error is not None:
+        raise error
+    return run.munit.eval()
 
 
 def _parent(location: str) -> str:

@@ -28,7 +28,7 @@ def dry_run(spec: SweepSpec, *, num_cpus: int | None = None) -> str:
     from git_ray.data.dataset import dataset_fingerprint
     from git_ray.generative.cache import generator_fingerprint, generator_paths
     from git_ray.results import finished_trial_ids, read_table
-    from git_ray.sweep.runner import distinct_generators
+    from git_ray.sweep.runner import distinct_generators, generator_groups
     from git_ray.trial import default_generator_cache
 
     lines = [f"sweep {spec.name!r}: {spec.num_trials()} trial(s); results in {spec.root}"]
@@ -55,7 +55,10 @@ def dry_run(spec: SweepSpec, *, num_cpus: int | None = None) -> str:
 
     gens = distinct_generators(spec)
     if gens:
-        lines.append(f"GIT generators: {len(gens)} distinct")
+        groups = generator_groups(spec, gens)
+        fused = f" (phase 0 trains them fused: {len(groups)} task(s) of up to {spec.fuse_size})" \
+            if len(groups) < len(gens) else ""
+        lines.append(f"GIT generators: {len(gens)} distinct{fused}")
         for cfg in gens:
             cache = cfg.generator.cache or default_generator_cache(spec.storage)
             fp = generator_fingerprint(dataset_fingerprint(cfg.dataset), cfg.generator)

@@ -6,7 +6,8 @@ The driver's phases:
   3. reconcile the sweep's full trial list against the Parquet files (a trial is done when its
      trials, per_class and epochs files all read): only the missing trials will run,
   4. start or join Ray, write the resolved sweep file and the environment beside the results,
-  5. train every distinct generator the grid needs once, as parallel Ray tasks (phase 0),
+  5. train every distinct generator the grid needs once, as parallel Ray tasks (phase 0; with
+     `fuse` > 1, those of one architecture and image shape train fused, `fuse` to a task),
   6. run the missing trials with a fresh Tuner (never Tune's saved state: it can be stale or
      damaged, and the Parquet files say what is done),
   7. reconcile again: the counts and the exit status come from the files, not from Tune.
@@ -65,12 +66,15 @@ def assigned_device(resources: dict[str, float]) -> str:
 
 @contextmanager
 def ray_lock(key: str, lease_s: float = 60.0, poll_s: float = 1.0,
-             log: Callable[[str], None] = lambda m: print(f"[generator] {m}", flush=True)) -> Iterator[None]:
+             log: Callable[[str], None] = lambda m: print(f"[generator] {m}", flush=True),
+             wait: bool = True) -> Iterator[bool]:
     """Hold a sweep-wide lease on `key` through the driver's lock actor (works across nodes).
 
     The holder renews it every lease/4 s from a background thread; if it stops (killed, node
     lost) a waiter takes it over `lease_s` after the last renewal and, for a generator, resumes
-    from the training checkpoint the dead holder left. Waiters log who holds it every 30 s."""
+    from the training checkpoint the dead holder left. Waiters log who holds it every 30 s.
+    The block gets True; with wait=False it gets False at once (holding nothing) when another
+    holder keeps the lease alive (a fused generator group leaves that member out)."""
     import ray
 
     actor = ray.get_actor(LOCK_ACTOR)
@@ -83,11 +87,16 @@ def ray_lock(key: str, lease_s: float = 60.0, poll_s: float = 1.0,
             log(f"warning: took over the lock on {key} from {info} (no renewal for over {lease_s:g} s)")
         return info if status == "held" else None
 
-    wait_until(take, what=f"the lock on {key}", poll_s=min(poll_s, lease_s / 4), log=log)
+    if not wait:
+        if take() is not None:
+            yield False
+            return
+    else:
+        wait_until(take, what=f"the lock on {key}", poll_s=min(poll_s, lease_s / 4), log=log)
     beat = Heartbeat(lambda: ray.get(actor.renew.remote(key, token)), every_s=lease_s / 4,
                      on_lost=lambda: log(f"warning: lost the lock on {key} (renewal missed)")).start()
     try:
-        yield
+        yield True
     finally:
         beat.stop()
         ray.get(actor.release.remote(key, token))
@@ -287,24 +296,38 @@ def trial_points(config: dict) -> list[dict[str, Any]]:
     return list(config[FUSED_KEY]) if FUSED_KEY in config else [_params(config)]
 
 
-def pretrain_generator(cfg_json: str, cache: str, resources: dict[str, float], lease_s: float = 60.0,
+def pretrain_generator(cfg_json: str | list[str], cache: str, resources: dict[str, float], lease_s: float = 60.0,
                        steps_log: bool = False) -> str:
-    """Phase 0 task: train (or find) one generator so that the trials only load it. Its step
+    """Phase 0 task: train (or find) one generator, or a fused group of them (a list of trial
+    configs: `get_generators`, stacked on a GPU), so that the trials only load them. Each member
+    keeps its own lock lease; one whose lock another holder has is waited for after the others.
+    A member that fails is reported after the others are stored (the task then raises). Step
     lines (losses every 10% of training) are printed only with `steps_log` (--verbose)."""
     from git_ray.config import TrialConfig
     from git_ray.data import build_dataset
     from git_ray.generative import get_generator
+    from git_ray.generative.cache import get_generators, generator_fingerprint
     from git_ray.trial import torch_threads
 
-    cfg = TrialConfig.model_validate_json(cfg_json)
+    cfgs = [TrialConfig.model_validate_json(c) for c in ([cfg_json] if isinstance(cfg_json, str) else cfg_json)]
     device = assigned_device(resources)
+    lock = functools.partial(ray_lock, lease_s=lease_s)
+    log = lambda m: None if m.startswith("generator step") and not steps_log \
+        else print(f"[generator] {m}", flush=True)  # noqa: E731
     with torch_threads(max(1, int(resources["cpu"]))):
-        data = build_dataset(cfg.dataset).to(device)
-        get_generator(data, cfg.generator, cache=cfg.generator.cache or cache, device=device,
-                      lock_factory=functools.partial(ray_lock, lease_s=lease_s),
-                      log=lambda m: None if m.startswith("generator step") and not steps_log
-                      else print(f"[generator] {m}", flush=True))
-    return cfg.dataset.source
+        datas = [build_dataset(cfg.dataset).to(device) for cfg in cfgs]
+        if len(cfgs) == 1:
+            get_generator(datas[0], cfgs[0].generator, cache=cfgs[0].generator.cache or cache, device=device,
+                          lock_factory=lock, log=log)
+            return cfgs[0].dataset.source
+        results = get_generators(list(zip(datas, [c.generator for c in cfgs])), cache=cache, device=device,
+                                 lock_factory=lock, log=log)
+    failed = [f"{generator_fingerprint(d.fingerprint, c.generator)}: {type(r).__name__}: {r}"
+              for d, c, r in zip(datas, cfgs, results) if isinstance(r, Exception)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(cfgs)} fused generator(s) failed (the others are stored): "
+                           + "; ".join(failed))
+    return cfgs[0].dataset.source
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,6 +339,20 @@ def generator_key(cfg) -> str:
     d["dataset"].pop("root")
     d["generator"].pop("cache")
     return stable_hash([d["dataset"], d["generator"]])
+
+
+def generator_groups(spec: SweepSpec, cfgs: list | None = None) -> list[list]:
+    """The distinct generators (`distinct_generators`, or `cfgs`) in phase 0's tasks: those that
+    may train stacked (`git_ray.generative.fused.fuse_key`: same architecture, batch, lr, steps
+    and image shape) cut into groups of at most the sweep's `fuse_size`, in order."""
+    from git_ray.generative.fused import fuse_key
+
+    groups: dict[tuple, list] = {}
+    for cfg in distinct_generators(spec) if cfgs is None else cfgs:
+        shape = (cfg.dataset.source, cfg.dataset.image_size)
+        groups.setdefault(fuse_key(cfg.generator, shape), []).append(cfg)
+    n = spec.fuse_size
+    return [g[i:i + n] for g in groups.values() for i in range(0, len(g), n)]
 
 
 def distinct_generators(spec: SweepSpec) -> list:
@@ -480,14 +517,18 @@ def pretrain_generators(spec: SweepSpec, beat: Callable[[], None] | None = None)
     if not todo:
         return
     res = spec.resources_per_trial.model_dump()
-    print(f"[git-ray] phase 0: {len(todo)} distinct generator(s) to train or find in the cache", flush=True)
+    groups = generator_groups(spec, todo)
+    fused = f" in {len(groups)} fused task(s)" if len(groups) < len(todo) else ""
+    print(f"[git-ray] phase 0: {len(todo)} distinct generator(s) to train or find in the cache{fused}", flush=True)
     task = ray.remote(num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=spec.max_failures)(pretrain_generator)
     cache = default_generator_cache(spec.storage)
     start = time.perf_counter()
     base_dir = os.getcwd()
-    refs = [task.remote(local_paths_absolute(cfg, base_dir).model_dump_json(), cache, res, spec.lease_s,
+    as_json = lambda cfg: local_paths_absolute(cfg, base_dir).model_dump_json()  # noqa: E731
+    # One task per group; a group of one is the plain task of one generator (CPU sweeps: as before).
+    refs = [task.remote(as_json(g[0]) if len(g) == 1 else [as_json(c) for c in g], cache, res, spec.lease_s,
                         spec.verbose > 0)
-            for cfg in todo]
+            for g in groups]
     waiting = list(refs)
     while waiting:
         if beat is not None:
