@@ -118,7 +118,7 @@ def counting_task():
         from git_ray.config import DatasetConfig, GeneratorConfig
         from git_ray.data import build_dataset
         from git_ray.generative import cache as gcache
-        from git_ray.sweep.runner import ray_lock
+        from git_ray.sweep.worker import ray_lock
 
         node = ray.get_runtime_context().get_node_id()
         real_train = gcache.train_munit
@@ -147,7 +147,7 @@ def counting_task():
 def test_generator_lock_across_nodes(tmp_path, cluster, use_lock):
     import ray
 
-    from git_ray.sweep.runner import LOCK_ACTOR, LockTable
+    from git_ray.sweep.worker import LOCK_ACTOR, LockTable
 
     locks = ray.remote(num_cpus=0)(LockTable).options(name=LOCK_ACTOR, get_if_exists=True).remote()
     task = ray.remote(num_cpus=1)(counting_task())

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from git_ray.config import ConfigError
-from git_ray.sweep.runner import DRIVER_LEASE, LockTable, run_sweep, take_stock
+from git_ray.sweep.runner import DRIVER_LEASE, run_sweep, take_stock
+from git_ray.sweep.worker import LockTable
 from git_ray.sweep.spec import load_sweep
 from tiny_configs import sweep_file
 

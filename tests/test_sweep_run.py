@@ -181,7 +181,7 @@ def test_optuna_rerun_settles_stale_trials_and_runs_only_the_rest(tmp_path, ray_
 def test_ray_lock_of_a_killed_holder_is_taken_over_after_its_lease(ray_local):
     import ray
 
-    from git_ray.sweep.runner import LOCK_ACTOR, LockTable, ray_lock
+    from git_ray.sweep.worker import LOCK_ACTOR, LockTable, ray_lock
 
     table = ray.remote(num_cpus=0)(LockTable).options(name=LOCK_ACTOR, get_if_exists=True).remote()
     key = f"gen-{os.getpid()}-{time.time()}"

@@ -80,7 +80,7 @@ def test_cli_overrides(tmp_path):
 
 
 def test_epoch_reporter_throttles_but_always_sends_the_first_row():
-    from git_ray.sweep.runner import epoch_reporter
+    from git_ray.sweep.worker import epoch_reporter
 
     now = [0.0]
     sent: list[int] = []
