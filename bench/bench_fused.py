@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import time
 from types import SimpleNamespace
 
@@ -39,7 +38,7 @@ import git_ray.balance  # noqa: F401  (registers losses, samplers, class weights
 import git_ray.data  # noqa: F401  (registers nuisances)
 import git_ray.models  # noqa: F401  (registers archs)
 from bench.bench_gpu_share import EKLD_PAIRS, K49_CLASSES, k49_lt_size, project_k49
-from bench.common import default_device, machine_line, print_figures, save_figures, set_threads
+from bench.common import default_device, each_alone, machine_line, print_figures, save_figures, set_threads
 from git_ray.config import trial_config
 from git_ray.registry import ARCHS
 from git_ray.train.fused import stack_classifiers
@@ -101,27 +100,12 @@ def fused_rate(members: list[int], args: argparse.Namespace, device: torch.devic
             "wall_s": wall, "peak_mem_gib": peak}
 
 
-def _separate_worker(i: int, args_dict: dict, device_name: str, threads: int, queue) -> None:
-    torch.set_num_threads(threads)
-    args = argparse.Namespace(**args_dict)
-    queue.put(fused_rate([i], args, torch.device(device_name)))
-
-
 def separate_rate(members: list[int], args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     """Each member alone in a fresh process, one after another: G x images over the summed
     time of their timed epochs (and the wall time with process start, for reference)."""
-    ctx = mp.get_context("spawn")
-    seconds, wall = 0.0, 0.0
     per_member = (args.images // args.batch) * args.batch
-    for i in members:
-        queue = ctx.Queue()
-        start = time.perf_counter()
-        p = ctx.Process(target=_separate_worker, args=(i, vars(args), str(device), torch.get_num_threads(), queue))
-        p.start()
-        r = queue.get(timeout=1800)
-        p.join()
-        wall += time.perf_counter() - start
-        seconds += per_member / r["images_per_s"]
+    results, wall = each_alone(fused_rate, members, args, device)
+    seconds = sum(per_member / r["images_per_s"] for r in results)
     return {"images_per_s": len(members) * per_member / seconds, "wall_s": wall}
 
 

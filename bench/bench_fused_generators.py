@@ -23,14 +23,13 @@ the K49 study's projection.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import time
 from types import SimpleNamespace
 
 import torch
 
 from bench.bench_gpu_share import K49_CLASSES, k49_lt_size
-from bench.common import default_device, machine_line, print_figures, save_figures, set_threads, sync
+from bench.common import default_device, each_alone, machine_line, print_figures, save_figures, set_threads, sync
 from git_ray.config import GeneratorConfig
 from git_ray.generative.fused import train_munits
 
@@ -74,25 +73,11 @@ def fused_rate(members: list[int], args: argparse.Namespace, device: torch.devic
     return {"steps_per_s": member_steps / sum(spans), "wall_s": wall, "peak_mem_gib": peak}
 
 
-def _separate_worker(i: int, args_dict: dict, device_name: str, threads: int, queue) -> None:
-    torch.set_num_threads(threads)
-    queue.put(fused_rate([i], argparse.Namespace(**args_dict), torch.device(device_name)))
-
-
 def separate_rate(members: list[int], args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     """Each member alone in a fresh process, one after another: G x steps over the summed timed
     spans (and the wall time with process start, for reference)."""
-    ctx = mp.get_context("spawn")
-    seconds, wall = 0.0, 0.0
-    for i in members:
-        queue = ctx.Queue()
-        start = time.perf_counter()
-        p = ctx.Process(target=_separate_worker, args=(i, vars(args), str(device), torch.get_num_threads(), queue))
-        p.start()
-        r = queue.get(timeout=1800)
-        p.join()
-        wall += time.perf_counter() - start
-        seconds += args.steps / r["steps_per_s"]
+    results, wall = each_alone(fused_rate, members, args, device)
+    seconds = sum(args.steps / r["steps_per_s"] for r in results)
     return {"steps_per_s": len(members) * args.steps / seconds, "wall_s": wall}
 
 

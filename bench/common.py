@@ -297,3 +297,33 @@ def cprofile(fn: Callable[[], object], top: int = 15) -> str:
     buf = io.StringIO()
     pstats.Stats(pr, stream=buf).sort_stats("cumulative").print_stats(top)
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Each member alone in a fresh process (the "separate processes" side of the fused benches)
+
+
+def _alone(rate_fn: Callable, i: int, args_dict: dict, device_name: str, threads: int, queue) -> None:
+    import argparse
+
+    torch.set_num_threads(threads)
+    queue.put(rate_fn([i], argparse.Namespace(**args_dict), torch.device(device_name)))
+
+
+def each_alone(rate_fn: Callable, members: list[int], args, device: torch.device) -> tuple[list[dict], float]:
+    """`rate_fn([i], args, device)` (a module-level function, so that it pickles) for each member i
+    in a fresh spawned process, one after another, as separate trials would run: each process's
+    figures, and the wall seconds in all including process start."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results, wall = [], 0.0
+    for i in members:
+        queue = ctx.Queue()
+        start = time.perf_counter()
+        p = ctx.Process(target=_alone, args=(rate_fn, i, vars(args), str(device), torch.get_num_threads(), queue))
+        p.start()
+        results.append(queue.get(timeout=1800))
+        p.join()
+        wall += time.perf_counter() - start
+    return results, wall
