@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
 
-from git_ray.config import parse_override, read_yaml, set_dotted, trial_config
+from git_ray.config import ConfigError, parse_override, read_yaml, set_dotted, trial_config
 from git_ray.data import build_dataset
 from git_ray.generative.quality import quality_check
 from git_ray.generative.train import train_munit
@@ -34,11 +35,18 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    data_cfg = read_yaml(args.sweep)["base"]
-    for text in args.overrides:
-        key, value = parse_override(text)
-        data_cfg = set_dotted(data_cfg, key, value)
-    cfg = trial_config(data_cfg, where=args.sweep)
+    try:  # a bad sweep file or override: say which, before any work
+        sweep = read_yaml(args.sweep)
+        if not isinstance(sweep, dict) or not isinstance(sweep.get("base"), dict):
+            raise ConfigError(f"{args.sweep}: needs a `base` trial config (see sweeps/glyphs_git_cpu.yaml)")
+        data_cfg = sweep["base"]
+        for text in args.overrides:
+            key, value = parse_override(text)
+            data_cfg = set_dotted(data_cfg, key, value)
+        cfg = trial_config(data_cfg, where=f"{args.sweep} base with {args.overrides}")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     dev = torch.device(args.device)
     data = build_dataset(cfg.dataset).to(dev)
 
