@@ -177,3 +177,23 @@ def test_sweep_bench_end_to_end_with_ray(tmp_path):
     _finite_positive(figs, ["ideal_s", "sweep_wall_s", "wall_over_ideal", "pool_wall_s", "ray_init_s",
                             "direct_trial_s_mean"])
     assert figs["finished"] == 1 and "overhead_per_trial_s" in figs
+
+
+def test_generator_sweep_scores_one_setting_as_a_json_line(tmp_path, capsys):
+    """bench/generator_sweep: the sweep file's base with overrides, trained and scored; the JSON
+    line carries the overrides and the quality check's numbers; a bad override exits 2 first."""
+    import json
+
+    from bench import generator_sweep
+    from tiny_configs import TINY_BASE, TINY_GEN, sweep_file
+
+    path = sweep_file(tmp_path, "gen", base={**TINY_BASE, "generator": TINY_GEN})
+    generator_sweep.main(["--sweep", str(path), "generator.steps=3", "generator.style_weight=2"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["overrides"] == ["generator.steps=3", "generator.style_weight=2"]
+    assert 0 <= row["agreement"] <= 1 and 0 <= row["reach"] <= 1 and row["coverage"] >= 0
+    assert row["copy"] > 0.15  # digits-BG: a copier is far from the true background spread
+    assert row["passed"] == (row["agreement"] >= 0.9 and row["coverage"] <= 0.15) and row["train_s"] > 0
+    with pytest.raises(SystemExit) as exc:
+        generator_sweep.main(["--sweep", str(path), "generator.dim=wide"])
+    assert exc.value.code == 2 and "generator.dim" in capsys.readouterr().err

@@ -67,6 +67,7 @@ def test_first_request_trains_second_loads(tmp_path, train_calls) -> None:
     assert gcache.read_generator_meta(data, CFG, cache=cache) == meta
     assert gcache.read_generator_meta(data, CFG.model_copy(update={"seed": 77}), cache=cache) is None
     assert "label agreement" in gcache.quality_line(q) and "coverage distance" in gcache.quality_line(q)
+    assert f"a copier scores {q['coverage_copy_distance']:.3f}" in gcache.quality_line(q)
     assert (folder / "samples.png").read_bytes().startswith(b"\x89PNG")
 
     second = get_generator(data, CFG, cache=cache, device="cpu", log=logs.append)

@@ -107,6 +107,10 @@ def test_copying_generator_scores_badly_and_the_true_nuisance_well(name: str) ->
     assert ideal["coverage_distance"] < 0.1, ideal
     assert ideal["coverage_distance"] < 2 * ideal["noise_floor"] + 0.02, ideal
     assert ideal["coverage_reach"] > 0.8, ideal
+    # copy_distance is what a copier scores on the same sources: the copier meets it exactly,
+    # the true nuisance beats it.
+    assert copy["coverage_distance"] == pytest.approx(copy["copy_distance"], abs=1e-6), copy
+    assert ideal["coverage_distance"] < copy["copy_distance"] / 2, (ideal, copy)
 
 
 def test_identity_nuisance_has_no_coverage() -> None:

@@ -346,7 +346,9 @@ def quality_line(quality: dict[str, Any] | None) -> str:
     cov = quality.get("coverage_distance")
     cov_txt = ("coverage: nothing to measure for nuisance " + repr(quality.get("nuisance")) if cov is None else
                f"coverage distance {cov:.3f} (0 = the true nuisance; <= {MAX_COVERAGE_DISTANCE} passes), "
-               f"reach {quality['coverage_reach']:.2f}")
+               f"reach {quality['coverage_reach']:.2f}"
+               + (f", a copier scores {copy:.3f}" if (copy := quality.get("coverage_copy_distance"))
+                  is not None else ""))
     return (f"label agreement {quality['label_agreement']:.3f} (>= {MIN_LABEL_AGREEMENT} passes; judge "
             f"{quality['judge_accuracy']:.3f}), {cov_txt}: "
             + ("passed" if quality.get("passed") else "FAILED"))

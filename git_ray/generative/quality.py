@@ -15,7 +15,8 @@
 - `coverage_distance` / `coverage_reach` (git_ray.generative.coverage): for fixed contents and
   random styles, how far the measured nuisance parameter's distribution is from the true
   nuisance's (0 = the same), and the share of its range reached. Unlike the two above, a
-  generator that copies its input fails it.
+  generator that copies its input fails it. `coverage_copy_distance` is what such a copier
+  scores on the same sources, the number to beat.
 
 `passed` is label agreement >= MIN_LABEL_AGREEMENT and coverage distance <= MAX_COVERAGE_DISTANCE
 (coverage counts only where the nuisance has a parameter to measure).
@@ -144,6 +145,7 @@ def quality_check(munit: Munit, data: Any, *, device: torch.device | str, seed: 
         "style_variation_real": float(background_level(data.x_train).std()),
         "coverage_distance": distance,
         "coverage_reach": None if cov is None else cov["coverage_reach"],
+        "coverage_copy_distance": None if cov is None else cov["copy_distance"],
         "coverage": cov,
         "nuisance": name,
         "passed": agreement >= MIN_LABEL_AGREEMENT and (distance is None or distance <= MAX_COVERAGE_DISTANCE),
