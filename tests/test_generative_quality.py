@@ -90,3 +90,17 @@ def test_small_generator_on_digits_passes_the_quality_check() -> None:
     # The styles span the background's range for each content, as the true nuisance does.
     assert q["coverage_distance"] <= MAX_COVERAGE_DISTANCE and q["coverage_reach"] > 0.6, q
     assert q["passed"], q
+
+
+def test_the_verdict_needs_agreement_the_mark_and_beating_a_copier():
+    from git_ray.generative.quality import MAX_SHARE_OF_COPY, MIN_LABEL_AGREEMENT, passes
+
+    good = MIN_LABEL_AGREEMENT + 0.02
+    assert passes(good, 0.10, 0.33)  # a background generator of the glyphs study
+    assert not passes(MIN_LABEL_AGREEMENT - 0.01, 0.10, 0.33)  # loses the class
+    assert not passes(good, MAX_COVERAGE_DISTANCE + 0.01, 0.33)  # misses the mark
+    # under the mark, but no better than copying (glyphs-DIL-LT instance 1: copier 0.148)
+    assert not passes(good, 0.141, 0.148)
+    assert passes(good, 0.99 * MAX_SHARE_OF_COPY * 0.148, 0.148)
+    assert not passes(good, 0.148, 0.148)  # the copier itself
+    assert passes(good, None, None)  # a nuisance without a parameter: agreement decides
