@@ -13,19 +13,30 @@ import argparse
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from bench.common import cpu_model
 from git_ray.config import GeneratorConfig
 from git_ray.generative.train import train_munit
+from git_ray.sweep.spec import load_sweep
 
-# (name, image size, channels, generator config): the paper's K49 setting and the quickstart's.
-SIZES = [
-    ("paper K49 (METHOD.md)", 28, 1, GeneratorConfig(steps=10_000, batch_size=1, dim=64, n_res=4, mlp_dim=256)),
-    ("quickstart (digits 16 px)", 16, 1, GeneratorConfig(steps=600, batch_size=8, dim=8, n_res=1, mlp_dim=32,
-                                                          lr=1e-3)),
-]
+QUICKSTART = Path(__file__).resolve().parent.parent / "sweeps" / "quickstart.yaml"
+
+
+def sizes() -> list[tuple[str, int, int, GeneratorConfig]]:
+    """(name, image size, channels, generator config): the paper's K49 setting, and the
+    quickstart's as its sweep file sets it today (read, so that this bench never goes stale)."""
+    from git_ray.data import build_dataset
+
+    spec = load_sweep(QUICKSTART)
+    quick = spec.trial_config(spec.grid_points()[0])
+    data = build_dataset(quick.dataset)  # the embedded digits: its image size and channels
+    return [("paper K49 (METHOD.md)", 28, 1, GeneratorConfig(steps=10_000, batch_size=1, dim=64, n_res=4,
+                                                              mlp_dim=256)),
+            (f"quickstart ({quick.dataset.source} {data.image_size} px)", data.image_size, data.channels,
+             quick.generator)]
 
 
 @dataclass
@@ -68,7 +79,7 @@ def main() -> None:
     print(f"machine: {cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads")
     print(f"device:  {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    for name, size, channels, gcfg in SIZES:
+    for name, size, channels, gcfg in sizes():
         rate = steps_per_second(gcfg, size, channels, device=device, steps=steps, warmup=args.warmup)
         print(f"{name}: {size}x{size}x{channels}, dim {gcfg.dim}, n_res {gcfg.n_res}, batch {gcfg.batch_size}: "
               f"{rate:.1f} steps/s -> {gcfg.steps} steps in {gcfg.steps / rate / 60:.1f} min")
