@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from git_ray.results import read_tables
 from git_ray.sweep.spec import load_sweep
 
@@ -104,6 +106,10 @@ def test_generator_trained_once_for_several_trials(tmp_path, ray_local):
     assert trials["augment_git"].all() and len(trials) == 3
 
 
+# Slow-marked to keep `make test` under 10 minutes on 2 cores: the default run covers the same
+# fault (a SIGKILLed driver mid trials, the re-run records each trial once) in
+# tests/test_faults.py::test_driver_killed_in_phase0_and_mid_trials_second_driver_truncated_files.
+@pytest.mark.slow
 def test_killed_driver_resumes_without_duplicates(tmp_path):
     # 40-epoch trials: on an idle machine 3-epoch ones all finished between two polls
     base = {**TINY_BASE, "train": {**TINY_BASE["train"], "epochs": 40, "s1": 30, "s2": 35}}
