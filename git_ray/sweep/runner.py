@@ -66,12 +66,8 @@ def generator_groups(spec: SweepSpec, cfgs: list | None = None) -> list[list]:
     and image shape) cut into groups of at most the sweep's `fuse_size`, in order."""
     from git_ray.generative.fused import fuse_key
 
-    groups: dict[tuple, list] = {}
-    for cfg in distinct_generators(spec) if cfgs is None else cfgs:
-        shape = (cfg.dataset.source, cfg.dataset.image_size)
-        groups.setdefault(fuse_key(cfg.generator, shape), []).append(cfg)
-    n = spec.fuse_size
-    return [g[i:i + n] for g in groups.values() for i in range(0, len(g), n)]
+    return spec.cut_into_groups(distinct_generators(spec) if cfgs is None else cfgs,
+                                lambda cfg: fuse_key(cfg.generator, (cfg.dataset.source, cfg.dataset.image_size)))
 
 
 def distinct_generators(spec: SweepSpec) -> list:

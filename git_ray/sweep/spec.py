@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -208,9 +208,15 @@ class SweepSpec(Strict):
         """`points` (default: the whole grid; the driver passes the ones without rows) in groups
         that train fused: points whose configs agree on everything but MEMBER_KEYS, in the given
         order, cut into groups of at most `fuse_size`."""
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for point in self.grid_points() if points is None else points:
-            groups.setdefault(fuse_key(self.trial_config(point)), []).append(point)
+        return self.cut_into_groups(self.grid_points() if points is None else points,
+                                    lambda point: fuse_key(self.trial_config(point)))
+
+    def cut_into_groups(self, items: list, key: Callable[[Any], Any]) -> list[list]:
+        """`items` with equal `key` together, in their order, cut into groups of at most
+        `fuse_size`: how fused trials and fused generators are packed."""
+        groups: dict[Any, list] = {}
+        for item in items:
+            groups.setdefault(key(item), []).append(item)
         n = self.fuse_size
         return [g[i:i + n] for g in groups.values() for i in range(0, len(g), n)]
 
