@@ -197,3 +197,14 @@ def test_generator_sweep_scores_one_setting_as_a_json_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         generator_sweep.main(["--sweep", str(path), "generator.dim=wide"])
     assert exc.value.code == 2 and "generator.dim" in capsys.readouterr().err
+
+    # --score-at: a line at each asked step, then the last; training time adds up across them.
+    generator_sweep.main(["--sweep", str(path), "--score-at", "2,1", "generator.steps=3"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[0]["train_s"] <= rows[1]["train_s"] <= rows[2]["train_s"] and rows[2]["train_s"] > 0
+    assert len({r["copy"] for r in rows}) == 1  # the same sources and copier at every step
+    for bad in ("3", "0", "two"):  # the last step is always scored; steps are whole and inside the run
+        with pytest.raises(SystemExit) as exc:
+            generator_sweep.main(["--sweep", str(path), "--score-at", bad, "generator.steps=3"])
+        assert exc.value.code == 2 and "--score-at" in capsys.readouterr().err
