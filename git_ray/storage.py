@@ -148,6 +148,10 @@ def call(op: str, where: str, fn: Callable[[], T], *, budget_s: float | None = N
     try:
         return retrying(fn)
     except OSError as err:
+        if err.errno in _FULL_ERRNO and not isinstance(err, StorageFullError):  # e.g. creating a folder
+            raise StorageFullError(
+                err.errno, f"{where}: {op} failed: no space left on the device ({err}); free some space "
+                f"and run again (finished work is kept)") from err
         user = _as_user_error(err, op, where)
         if user is not None:
             raise user from err

@@ -131,6 +131,21 @@ def test_a_full_disk_is_named_and_the_temporary_removed(tmp_path, monkeypatch):
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
+def test_a_full_disk_anywhere_in_the_storage_layer_is_a_storage_full_error(tmp_path, monkeypatch):
+    """Not only file writes: a folder that cannot be made on a full disk says so too (and is not
+    retried as if it might pass)."""
+    calls = []
+
+    def makedirs(path, exist_ok=False):
+        calls.append(path)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage.os, "makedirs", makedirs)
+    with pytest.raises(storage.StorageFullError, match="create folder failed: no space left") as err:
+        storage.write_bytes(str(tmp_path / "sweep" / "trials" / "t.parquet"), b"rows")
+    assert err.value.errno == errno.ENOSPC and "t.parquet" in str(err.value) and len(calls) == 1
+
+
 def test_staged_writes_and_quarantine(tmp_path):
     target = str(tmp_path / "gen" / "fp" / "generator.pt")
     storage.write_bytes(target, b"weights", staging=str(tmp_path / "gen" / "_staging"))

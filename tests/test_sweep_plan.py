@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import time
 
 import pytest
@@ -77,13 +78,19 @@ def test_a_full_disk_is_named_and_exits_1(tmp_path, monkeypatch, capsys):
     from git_ray.cli import main
     from git_ray.sweep import runner
 
-    def full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real_fsync = os.fsync
+
+    def fsync(fd):  # the disk fills as the sweep writes its sweep.yaml, through the storage layer
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("sweep.yaml"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
 
     monkeypatch.setattr(runner, "init_ray", lambda *a, **k: False)  # no Ray needed to reach the write
-    monkeypatch.setattr(runner, "write_sweep_metadata", full)
+    monkeypatch.setattr(os, "fsync", fsync)
     path = sweep_file(tmp_path, "full", grid={"seed": [0]})
     assert main(["sweep", str(path)]) == 1
     err = capsys.readouterr().err
-    assert "is full" in err and "No space left on device" in err and "run" in err
+    assert "is full" in err and "no space left on the device writing" in err and "sweep.yaml" in err
+    assert "git-ray sweep" in err  # the command to run again
+    assert not list((tmp_path / "results" / "full").glob("**/*sweep.yaml"))  # no partial file
     assert not (tmp_path / "results" / "full" / DRIVER_LEASE).exists()  # the lease was given back

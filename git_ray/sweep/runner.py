@@ -24,7 +24,6 @@ evaluated as it stands and written with status `stopped` (pruned in the Optuna s
 from __future__ import annotations
 
 import argparse
-import errno
 import functools
 import json
 import os
@@ -38,6 +37,7 @@ from typing import Any, Callable, Iterator
 
 
 from git_ray import __version__, storage
+from git_ray.storage import StorageFullError
 from git_ray.config import ConfigError, stable_hash
 from git_ray.lease import Lease
 from git_ray.sweep.spec import SweepSpec, load_sweep
@@ -494,10 +494,6 @@ def make_tuner(spec: SweepSpec, todo: list[dict[str, Any]] | None, remaining: in
     )
 
 
-def is_disk_full(err: BaseException) -> bool:
-    return isinstance(err, OSError) and (err.errno == errno.ENOSPC or "No space left" in str(err))
-
-
 def run_sweep_command(args: argparse.Namespace) -> int:
     spec = getattr(args, "spec", None) or load_sweep(args.sweep, storage=args.storage,
                                                       max_concurrent=args.max_concurrent)
@@ -514,9 +510,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"[git-ray] interrupted before any trial ran; run `{rerun}` to start again", flush=True)
         return EXIT_INTERRUPTED
-    except OSError as err:
-        if not is_disk_full(err):
-            raise
+    except StorageFullError as err:  # the storage layer's one word for a full disk, naming the file
         print(f"[git-ray] error: the disk holding {spec.root} is full ({err}); free space and run "
               f"`{rerun}` again: trials with rows are kept and not run again", file=sys.stderr, flush=True)
         return 1
