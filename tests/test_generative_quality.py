@@ -104,3 +104,15 @@ def test_the_verdict_needs_agreement_the_mark_and_beating_a_copier():
     assert passes(good, 0.99 * MAX_SHARE_OF_COPY * 0.148, 0.148)
     assert not passes(good, 0.148, 0.148)  # the copier itself
     assert passes(good, None, None)  # a nuisance without a parameter: agreement decides
+
+
+def test_style_scale_applies_to_every_number_of_the_check(data, judge) -> None:
+    """GIT draws styles as N(0, I) x augment.style_scale; the check scores the same draws, for
+    label agreement and style variation as for coverage."""
+    one = quality_check(Stub(shift=0.05), data, device="cpu", seed=0, n=60, styles=3, judge=judge)
+    three = quality_check(Stub(shift=0.05), data, device="cpu", seed=0, n=60, styles=3, judge=judge,
+                          style_scale=3.0)
+    assert three["style_variation"] > 2 * one["style_variation"] > 0
+    wild = quality_check(Stub(shift=0.5), data, device="cpu", seed=0, n=60, styles=3, judge=judge,
+                         style_scale=4.0)  # shifts of +-2 wash most images out
+    assert wild["label_agreement"] < one["label_agreement"] - 0.2

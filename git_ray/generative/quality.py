@@ -128,7 +128,8 @@ def quality_check(munit: Munit, data: Any, *, device: torch.device | str, seed: 
                   style_scale: float = 1.0) -> dict[str, Any]:
     """label_agreement, judge_accuracy, style_variation(_real), coverage_* and passed (module
     docstring). The nuisance defaults to the data's own (`data.nuisance`, its strength).
-    Pass a `judge` from `fit_judge` to score several generators of one data set against one judge."""
+    Pass a `judge` from `fit_judge` to score several generators of one data set against one judge.
+    Styles are N(0, I) x `style_scale` (GIT's `augment.style_scale`) for every number alike."""
     device = torch.device(device)
     if judge is None:
         with torch.enable_grad():
@@ -144,7 +145,7 @@ def quality_check(munit: Munit, data: Any, *, device: torch.device | str, seed: 
     content = munit.content_encoder(src)  # (n, D, h, w)
     outs = []
     for _ in range(styles):
-        z = torch.randn(n, munit.style_dim, generator=g).to(device)  # (n, S)
+        z = (torch.randn(n, munit.style_dim, generator=g) * style_scale).to(device)  # (n, S), as GIT draws them
         outs.append(((munit.decode(content, z) + 1) / 2).clamp(0, 1))
     out = torch.stack(outs, dim=1)  # (n, styles, C, H, W)
     preds = predict(judge, out.flatten(0, 1)).cpu().view(n, styles)
