@@ -121,10 +121,6 @@ class StackedMunits:
         for p in self.d_params.values():
             p.requires_grad_(on)
 
-    def set_lr(self, lr: float) -> None:
-        for group in (*self.opt_g.param_groups, *self.opt_d.param_groups):
-            group["lr"] = lr
-
     def draw(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Each member's own draws (its sampler and RNG, as alone), stacked: x_a, x_b
         (G, B, C, H, W) in [-1, 1], z_a, z_b (G, B, S)."""

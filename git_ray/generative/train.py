@@ -131,7 +131,6 @@ class Nets(Protocol):
 
     def __call__(self, fn: Callable[..., Any], *args: Any) -> Any: ...
     def discriminator_trains(self, on: bool) -> None: ...
-    def set_lr(self, lr: float) -> None: ...
     def draw(self) -> tuple[Tensor, Tensor, Tensor, Tensor]: ...
     def save(self, alive: list[bool]) -> dict[int, Exception]: ...
 
@@ -227,10 +226,6 @@ class MunitRun:
     def discriminator_trains(self, on: bool) -> None:
         self.dis.requires_grad_(on)
 
-    def set_lr(self, lr: float) -> None:
-        for group in (*self.opt_g.param_groups, *self.opt_d.param_groups):
-            group["lr"] = lr
-
     def draw_cpu(self) -> tuple[Tensor, Tensor]:
         """The next batch's draws from this run's RNG: indices (2B,) and style codes (2B, S), on the CPU."""
         idx = self.sampler(2 * self.gcfg.batch_size)  # both domains from the same pool
@@ -265,6 +260,12 @@ class MunitRun:
 # The loop
 
 
+def set_lr(lr: float, *optimizers: torch.optim.Optimizer) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
 def train_steps(nets: Nets, gcfg: Any, *, callback: StepCallback | None = None,
                 log: Callable[[str], None] = print, log_every: int | None = None,
                 nan_check_every: int = NAN_CHECK_EVERY) -> list[NonFiniteLossError | Exception | None]:
@@ -281,7 +282,7 @@ def train_steps(nets: Nets, gcfg: Any, *, callback: StepCallback | None = None,
     every = max(1, nan_check_every)
     t0, start = time.perf_counter(), nets.step
     while nets.step < gcfg.steps and any(alive):
-        nets.set_lr(lr_at(gcfg.lr, nets.step))
+        set_lr(lr_at(gcfg.lr, nets.step), nets.opt_g, nets.opt_d)
         losses = munit_step(nets, nets.opt_g, nets.opt_d, *nets.draw(), w_style=nets.w_style)
         finite = torch.isfinite(losses["d"] + losses["g"]).reshape(G)  # (G,), on the device
         bad_step = torch.where(~finite & (bad_step < 0), nets.step, bad_step)
