@@ -243,3 +243,37 @@ def test_generator_command_prints_the_quality_check(tmp_path, capsys) -> None:
     assert "coverage distance" in line and ("passed" in line or "FAILED" in line)
     meta = json.loads(next((tmp_path / "gens").glob("*/meta.json")).read_text())
     assert f"label agreement {meta['quality']['label_agreement']:.3f}" in line
+
+
+def test_generator_command_rescores_an_entry_scored_by_an_older_check(tmp_path, capsys) -> None:
+    """A meta.json written before the check's revision (no check_version) is scored again by
+    `git-ray generator`, its weights untouched; a current one is not scored twice."""
+    import yaml
+
+    from git_ray.cli import main
+    from git_ray.generative.quality import QUALITY_CHECK_VERSION
+    from tiny_configs import TINY_BASE, TINY_GEN
+
+    cfg = tmp_path / "gen.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY_BASE, "augment": {"git": True}, "generator": TINY_GEN}))
+    args = ["generator", str(cfg), "--out", str(tmp_path / "gens")]
+    assert main(args) == 0
+    meta_path = next((tmp_path / "gens").glob("*/meta.json"))
+    weights = (meta_path.parent / "generator.pt").read_bytes()
+    meta = json.loads(meta_path.read_text())
+    assert meta["quality"]["check_version"] == QUALITY_CHECK_VERSION
+    old = {**meta, "quality": {k: v for k, v in meta["quality"].items() if k != "check_version"}}
+    old["quality"]["coverage_distance"] = 0.0  # an old check's (flattering) number
+    meta_path.write_text(json.dumps(old))
+    capsys.readouterr()
+    from git_ray.generative import quality_line
+    assert "version 1 of the check" in quality_line(old["quality"])
+
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "scored by version 1 of the quality check" in out
+    new = json.loads(meta_path.read_text())
+    assert new["quality"]["check_version"] == QUALITY_CHECK_VERSION
+    assert new["quality"]["coverage_distance"] == meta["quality"]["coverage_distance"] != 0.0
+    assert (meta_path.parent / "generator.pt").read_bytes() == weights
+    assert main(args) == 0 and "scored by version" not in capsys.readouterr().out  # current: not again

@@ -127,3 +127,16 @@ def test_quality_check_fails_a_copying_generator_and_passes_the_true_nuisance() 
     ideal = quality_check(TrueNuisance(data, Background()), data, device="cpu", seed=0, n=60, styles=4,
                           judge=judge)
     assert ideal["coverage_distance"] < 0.1 and ideal["passed"], ideal
+
+
+def test_each_source_is_measured_in_its_own_range() -> None:
+    """A source whose nuisance spans a wide range (a thin glyph under dilation) does not shrink
+    the others' distances: every source's distance is in units of its own true range."""
+    true = torch.stack([torch.linspace(0, 1, 101), torch.linspace(0, 10, 101)])  # (2, 101)
+    copy = torch.tensor([[0.5], [5.0]])  # each source's middle value, whatever the style
+    out = coverage_from_values(copy, true)
+    assert out["coverage_distance"] == pytest.approx(0.25, abs=0.01)  # E|U - 1/2| = 1/4 for both
+    alone = coverage_from_values(copy[:1], true[:1])["coverage_distance"]
+    assert out["coverage_distance"] == pytest.approx(alone, abs=1e-6)  # the wide source changed nothing
+    flat = coverage_from_values(torch.tensor([[0.0], [5.0]]), torch.stack([torch.zeros(101), true[1]]))
+    assert flat["coverage_distance"] == pytest.approx((0.0 + 0.25) / 2, abs=0.01)  # a constant source scores 0

@@ -116,3 +116,17 @@ def test_style_scale_applies_to_every_number_of_the_check(data, judge) -> None:
     wild = quality_check(Stub(shift=0.5), data, device="cpu", seed=0, n=60, styles=3, judge=judge,
                          style_scale=4.0)  # shifts of +-2 wash most images out
     assert wild["label_agreement"] < one["label_agreement"] - 0.2
+
+
+@pytest.mark.parametrize("n", [128, 129, 130])  # a last batch of 0, 1 (skipped) or 2 images
+def test_judge_schedule_counts_the_steps_it_takes(n: int) -> None:
+    """The judge's one-cycle schedule is sized to the steps actually taken, a skipped batch of one
+    included (stepping past its end raises), and the judge is the same for the same seed."""
+    from git_ray.generative.quality import train_judge
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(n, 1, 8, 8, generator=g), torch.arange(n) % 3
+    a = train_judge(x, y, 3, epochs=2, seed=0, device=torch.device("cpu"))
+    b = train_judge(x, y, 3, epochs=2, seed=0, device=torch.device("cpu"))
+    for pa, pb in zip(a.parameters(), b.parameters()):  # deterministic for a seed
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)

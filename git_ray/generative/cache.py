@@ -38,8 +38,8 @@ import torch
 from git_ray.config import GeneratorConfig, stable_hash
 from git_ray import storage
 from git_ray.generative.networks import Munit
-from git_ray.generative.quality import (MAX_COVERAGE_DISTANCE, MAX_SHARE_OF_COPY, MIN_LABEL_AGREEMENT, passes,
-                                       quality_check)
+from git_ray.generative.quality import (MAX_COVERAGE_DISTANCE, MAX_SHARE_OF_COPY, MIN_LABEL_AGREEMENT,
+                                       QUALITY_CHECK_VERSION, passes, quality_check)
 from git_ray.generative.samples import sample_grid_png
 from git_ray.generative.train import train_munit
 from git_ray.lease import lease_lock
@@ -234,6 +234,31 @@ def _finished(paths: dict[str, str], device: torch.device | str, log: Callable[[
     return None
 
 
+def _scored(meta: dict[str, Any], munit: Munit, data: Any, gcfg: GeneratorConfig, device: torch.device | str,
+            log: Callable[[str], None]) -> dict[str, Any]:
+    """`meta` with the generator's quality check (and its coverage details under their own key)."""
+    quality = quality_check(munit, data, device=device, seed=gcfg.seed)
+    coverage = quality.pop("coverage")
+    log(f"generator: {quality_line(quality)}")
+    return {**meta, "quality": quality, "coverage": coverage}
+
+
+def rescore_if_stale(munit: Munit, data: Any, gcfg: GeneratorConfig, *, cache: str, device: torch.device | str,
+                     log: Callable[[str], None] = print) -> bool:
+    """Score a cached generator again when its meta.json holds an older version of the quality
+    check (QUALITY_CHECK_VERSION), and rewrite meta.json with the new numbers (atomically; the
+    weights are untouched). True when it did."""
+    paths = generator_paths(cache, generator_fingerprint(data.fingerprint, gcfg))
+    meta = read_generator_meta(data, gcfg, cache=cache)
+    if meta is None or (meta.get("quality") or {}).get("check_version", 1) >= QUALITY_CHECK_VERSION:
+        return False
+    log(f"generator: {paths['fingerprint']} was scored by version {(meta.get('quality') or {}).get('check_version', 1)} "
+        f"of the quality check; scoring it with version {QUALITY_CHECK_VERSION}")
+    meta = _scored(meta, munit, data, gcfg, device, log)
+    storage.write_bytes(paths["meta"], json.dumps(meta, indent=2).encode(), staging=paths["staging"])
+    return True
+
+
 def _store(munit: Munit, data: Any, gcfg: GeneratorConfig, paths: dict[str, str], seconds: float,
            device: torch.device | str, log: Callable[[str], None], fused: int = 1) -> None:
     """A freshly trained generator's samples, quality check, meta.json and generator.pt (last:
@@ -241,13 +266,10 @@ def _store(munit: Munit, data: Any, gcfg: GeneratorConfig, paths: dict[str, str]
     staging = paths["staging"]
     storage.write_bytes(paths["samples"], sample_grid_png(munit, data, seed=gcfg.seed, device=device),
                         staging=staging)
-    quality = quality_check(munit, data, device=device, seed=gcfg.seed)
-    coverage = quality.pop("coverage")  # the details (ranges, noise floor) get their own key
-    log(f"generator: {quality_line(quality)}")
-    meta = {"fingerprint": paths["fingerprint"], "data_fingerprint": data.fingerprint,
-            "config": gcfg.model_dump(exclude={"cache"}), "steps": gcfg.steps,
-            "seconds": round(seconds, 3), "device": str(device), "code_version": CODE_VERSION,
-            "fused": fused, "quality": quality, "coverage": coverage}
+    meta = _scored({"fingerprint": paths["fingerprint"], "data_fingerprint": data.fingerprint,
+                    "config": gcfg.model_dump(exclude={"cache"}), "steps": gcfg.steps,
+                    "seconds": round(seconds, 3), "device": str(device), "code_version": CODE_VERSION,
+                    "fused": fused}, munit, data, gcfg, device, log)
     storage.write_bytes(paths["meta"], json.dumps(meta, indent=2).encode(), staging=staging)
     storage.write_bytes(paths["checkpoint"], save_generator(munit, gcfg, data.fingerprint), staging=staging)
     storage.delete(paths["training_checkpoint"])  # optimizer + discriminator state: no longer needed
@@ -355,4 +377,7 @@ def quality_line(quality: dict[str, Any] | None) -> str:
             # judged by today's rule from the stored numbers (a meta.json written before the copier
             # rule keeps its own `passed`)
             + ("passed" if passes(quality["label_agreement"], cov, quality.get("coverage_copy_distance"))
-               else "FAILED"))
+               else "FAILED")
+            + ("" if quality.get("check_version", 1) >= QUALITY_CHECK_VERSION else
+               f" (scored by version {quality.get('check_version', 1)} of the check, before its revision: "
+               "`git-ray generator CONFIG` scores it again)"))
