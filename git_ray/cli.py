@@ -179,7 +179,7 @@ def cmd_generator(args: argparse.Namespace) -> int:
     from git_ray.config import load_trial_config
     from git_ray.data import build_dataset
     from git_ray.generative import (generator_fingerprint, generator_paths, get_generator, quality_line,
-                                    read_generator_meta, rescore_if_stale)
+                                    read_generator_meta)
     from git_ray.train.loop import resolve_device
 
     cfg = load_trial_config(args.config, args.set)
@@ -189,9 +189,8 @@ def cmd_generator(args: argparse.Namespace) -> int:
     preflight.check_trial_config(cfg, args.device)
     device = resolve_device(cfg.train.device, args.device)
     data = build_dataset(cfg.dataset).to(device)
-    log = lambda m: print(f"[git-ray] {m}", flush=True)  # noqa: E731
-    munit = get_generator(data, cfg.generator, cache=cache, device=device, log=log)
-    rescore_if_stale(munit, data, cfg.generator, cache=cache, device=device, log=log)  # an older check's numbers
+    get_generator(data, cfg.generator, cache=cache, device=device,  # scores again what an older check scored
+                  log=lambda m: print(f"[git-ray] {m}", flush=True))
     paths = generator_paths(cache, generator_fingerprint(data.fingerprint, cfg.generator))
     print(f"generator {paths['fingerprint']}:")
     print(f"  checkpoint: {paths['checkpoint']}")

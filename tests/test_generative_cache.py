@@ -277,3 +277,16 @@ def test_generator_command_rescores_an_entry_scored_by_an_older_check(tmp_path, 
     assert new["quality"]["coverage_distance"] == meta["quality"]["coverage_distance"] != 0.0
     assert (meta_path.parent / "generator.pt").read_bytes() == weights
     assert main(args) == 0 and "scored by version" not in capsys.readouterr().out  # current: not again
+
+    # A sweep's phase 0 loads through get_generators: a stale entry is scored again there too, so
+    # the trials' rows carry the current check's numbers.
+    from git_ray.config import load_trial_config
+    from git_ray.data import build_dataset
+    from git_ray.generative.cache import get_generators
+
+    meta_path.write_text(json.dumps(old))
+    trial = load_trial_config(str(cfg), [])
+    (munit,) = get_generators([(build_dataset(trial.dataset), trial.generator)], cache=str(tmp_path / "gens"),
+                              device="cpu", log=lambda m: None)
+    assert not isinstance(munit, Exception)
+    assert json.loads(meta_path.read_text())["quality"] == new["quality"]

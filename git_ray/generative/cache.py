@@ -247,7 +247,8 @@ def rescore_if_stale(munit: Munit, data: Any, gcfg: GeneratorConfig, *, cache: s
                      log: Callable[[str], None] = print) -> bool:
     """Score a cached generator again when its meta.json holds an older version of the quality
     check (QUALITY_CHECK_VERSION), and rewrite meta.json with the new numbers (atomically; the
-    weights are untouched). True when it did."""
+    weights are untouched). True when it did. Every load from the cache calls it, so trials'
+    rows carry the current check's numbers; two processes doing it at once write the same file."""
     paths = generator_paths(cache, generator_fingerprint(data.fingerprint, gcfg))
     meta = read_generator_meta(data, gcfg, cache=cache)
     if meta is None or (meta.get("quality") or {}).get("check_version", 1) >= QUALITY_CHECK_VERSION:
@@ -284,14 +285,17 @@ def _training_line(gcfg: GeneratorConfig, paths: dict[str, str]) -> str:
 def get_generator(data: Any, gcfg: GeneratorConfig, *, cache: str, device: torch.device | str,
                   lock_factory: LockFactory | None = None,
                   log: Callable[[str], None] = print) -> Munit:
-    """The trained generator for (data, gcfg): loaded from the cache, or trained once and stored."""
+    """The trained generator for (data, gcfg): loaded from the cache (and scored again if an older
+    quality check scored it), or trained once and stored."""
     paths = generator_paths(cache, generator_fingerprint(data.fingerprint, gcfg))
     munit = _finished(paths, device, log, locked=False)
     if munit is not None:
+        rescore_if_stale(munit, data, gcfg, cache=cache, device=device, log=log)
         return munit
     with _lock_for(cache, paths["fingerprint"], lock_factory, log):
         munit = _finished(paths, device, log, locked=True)  # finished by someone else while we waited?
         if munit is not None:
+            rescore_if_stale(munit, data, gcfg, cache=cache, device=device, log=log)
             return munit
         log(_training_line(gcfg, paths))
         start = time.perf_counter()
@@ -321,12 +325,15 @@ def get_generators(members: list[tuple[Any, GeneratorConfig]], *, cache: str, de
             try:
                 out[i] = _finished(paths[i], device, log, locked=False)
                 if out[i] is not None:
+                    rescore_if_stale(out[i], data, gcfg, cache=gcfg.cache or cache, device=device, log=log)
                     continue
                 if not held.enter_context(_lock_for(gcfg.cache or cache, paths[i]["fingerprint"], lock_factory,
                                                     log, wait=False)):
                     continue  # another holder trains it: waited for below
                 out[i] = _finished(paths[i], device, log, locked=True)
-                if out[i] is None:
+                if out[i] is not None:
+                    rescore_if_stale(out[i], data, gcfg, cache=gcfg.cache or cache, device=device, log=log)
+                else:
                     log(_training_line(gcfg, paths[i]))
                     todo.append(i)
             except Exception as err:  # noqa: BLE001
