@@ -189,7 +189,7 @@ def cmd_generator(args: argparse.Namespace) -> int:
     preflight.check_trial_config(cfg, args.device)
     device = resolve_device(cfg.train.device, args.device)
     data = build_dataset(cfg.dataset).to(device)
-    get_generator(data, cfg.generator, cache=cache, device=device,  # scores again what an older check scored
+    get_generator(data, cfg.generator, cache=cache, device=device,
                   log=lambda m: print(f"[git-ray] {m}", flush=True))
     paths = generator_paths(cache, generator_fingerprint(data.fingerprint, cfg.generator))
     print(f"generator {paths['fingerprint']}:")

@@ -6,7 +6,7 @@
     quality_check(munit, data, device=dev, seed=0)   # label agreement + nuisance coverage
 """
 from git_ray.generative.cache import (generator_fingerprint, generator_paths, get_generator,
-                                      load_generator, quality_line, read_generator_meta, rescore_if_stale)
+                                      load_generator, quality_line, read_generator_meta)
 from git_ray.generative.coverage import MEASURERS, nuisance_coverage
 from git_ray.generative.git import GitAugmenter
 from git_ray.generative.networks import Discriminator, Munit, build_munit
@@ -16,4 +16,4 @@ from git_ray.generative.train import train_munit
 
 __all__ = ["Discriminator", "GitAugmenter", "MEASURERS", "Munit", "build_munit", "generator_fingerprint",
            "generator_paths", "get_generator", "load_generator", "nuisance_coverage", "quality_check",
-           "quality_line", "read_generator_meta", "rescore_if_stale", "sample_grid", "sample_grid_png", "train_munit"]
+           "quality_line", "read_generator_meta", "sample_grid", "sample_grid_png", "train_munit"]

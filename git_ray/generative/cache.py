@@ -212,14 +212,16 @@ def _lock_for(cache: str, fp: str, lock_factory: LockFactory | None,
     return file_lock(storage.join(cache, f"{fp}.lock"), log=log, wait=wait)
 
 
-def _finished(paths: dict[str, str], device: torch.device | str, log: Callable[[str], None],
-              locked: bool) -> Munit | None:
-    """The entry's generator if its generator.pt is usable. A bad one is reported; under the
-    entry's lock (`locked`) it is also set aside, and a bad training checkpoint with it."""
+def _finished(paths: dict[str, str], data: Any, gcfg: GeneratorConfig, device: torch.device | str,
+              log: Callable[[str], None], locked: bool) -> Munit | None:
+    """The entry's generator if its generator.pt is usable (scored again first if an older quality
+    check scored it: `_rescore_if_stale`). A bad one is reported; under the entry's lock
+    (`locked`) it is also set aside, and a bad training checkpoint with it."""
     if storage.is_file(paths["checkpoint"]):
         munit, why = _load_checked(paths, device)
         if munit is not None:
             log(f"generator: loading {paths['checkpoint']}" + (" (trained by another trial)" if locked else ""))
+            _rescore_if_stale(munit, data, gcfg, paths, device, log)
             return munit
         if not locked:
             log(f"generator: warning: {paths['checkpoint']} {why}; it will be set aside and trained again")
@@ -243,21 +245,20 @@ def _scored(meta: dict[str, Any], munit: Munit, data: Any, gcfg: GeneratorConfig
     return {**meta, "quality": quality, "coverage": coverage}
 
 
-def rescore_if_stale(munit: Munit, data: Any, gcfg: GeneratorConfig, *, cache: str, device: torch.device | str,
-                     log: Callable[[str], None] = print) -> bool:
+def _rescore_if_stale(munit: Munit, data: Any, gcfg: GeneratorConfig, paths: dict[str, str],
+                      device: torch.device | str, log: Callable[[str], None]) -> None:
     """Score a cached generator again when its meta.json holds an older version of the quality
     check (QUALITY_CHECK_VERSION), and rewrite meta.json with the new numbers (atomically; the
-    weights are untouched). True when it did. Every load from the cache calls it, so trials'
-    rows carry the current check's numbers; two processes doing it at once write the same file."""
-    paths = generator_paths(cache, generator_fingerprint(data.fingerprint, gcfg))
-    meta = read_generator_meta(data, gcfg, cache=cache)
-    if meta is None or (meta.get("quality") or {}).get("check_version", 1) >= QUALITY_CHECK_VERSION:
-        return False
-    log(f"generator: {paths['fingerprint']} was scored by version {(meta.get('quality') or {}).get('check_version', 1)} "
-        f"of the quality check; scoring it with version {QUALITY_CHECK_VERSION}")
+    weights are untouched). Every load from the cache goes through it, so trials' rows carry the
+    current check's numbers; two processes doing it at once write the same file."""
+    meta = _meta_at(paths["meta"])
+    version = None if meta is None else (meta.get("quality") or {}).get("check_version", 1)
+    if version is None or version >= QUALITY_CHECK_VERSION:
+        return
+    log(f"generator: {paths['fingerprint']} was scored by version {version} of the quality check; "
+        f"scoring it with version {QUALITY_CHECK_VERSION}")
     meta = _scored(meta, munit, data, gcfg, device, log)
     storage.write_bytes(paths["meta"], json.dumps(meta, indent=2).encode(), staging=paths["staging"])
-    return True
 
 
 def _store(munit: Munit, data: Any, gcfg: GeneratorConfig, paths: dict[str, str], seconds: float,
@@ -288,14 +289,12 @@ def get_generator(data: Any, gcfg: GeneratorConfig, *, cache: str, device: torch
     """The trained generator for (data, gcfg): loaded from the cache (and scored again if an older
     quality check scored it), or trained once and stored."""
     paths = generator_paths(cache, generator_fingerprint(data.fingerprint, gcfg))
-    munit = _finished(paths, device, log, locked=False)
+    munit = _finished(paths, data, gcfg, device, log, locked=False)
     if munit is not None:
-        rescore_if_stale(munit, data, gcfg, cache=cache, device=device, log=log)
         return munit
     with _lock_for(cache, paths["fingerprint"], lock_factory, log):
-        munit = _finished(paths, device, log, locked=True)  # finished by someone else while we waited?
+        munit = _finished(paths, data, gcfg, device, log, locked=True)  # finished by someone else while we waited?
         if munit is not None:
-            rescore_if_stale(munit, data, gcfg, cache=cache, device=device, log=log)
             return munit
         log(_training_line(gcfg, paths))
         start = time.perf_counter()
@@ -323,17 +322,14 @@ def get_generators(members: list[tuple[Any, GeneratorConfig]], *, cache: str, de
         todo: list[int] = []
         for i, (data, gcfg) in enumerate(members):
             try:
-                out[i] = _finished(paths[i], device, log, locked=False)
+                out[i] = _finished(paths[i], data, gcfg, device, log, locked=False)
                 if out[i] is not None:
-                    rescore_if_stale(out[i], data, gcfg, cache=gcfg.cache or cache, device=device, log=log)
                     continue
                 if not held.enter_context(_lock_for(gcfg.cache or cache, paths[i]["fingerprint"], lock_factory,
                                                     log, wait=False)):
                     continue  # another holder trains it: waited for below
-                out[i] = _finished(paths[i], device, log, locked=True)
-                if out[i] is not None:
-                    rescore_if_stale(out[i], data, gcfg, cache=gcfg.cache or cache, device=device, log=log)
-                else:
+                out[i] = _finished(paths[i], data, gcfg, device, log, locked=True)
+                if out[i] is None:
                     log(_training_line(gcfg, paths[i]))
                     todo.append(i)
             except Exception as err:  # noqa: BLE001
@@ -363,7 +359,10 @@ def get_generators(members: list[tuple[Any, GeneratorConfig]], *, cache: str, de
 
 def read_generator_meta(data: Any, gcfg: GeneratorConfig, *, cache: str) -> dict[str, Any] | None:
     """The meta.json of the generator for (data, gcfg), or None if it was never written."""
-    path = generator_paths(cache, generator_fingerprint(data.fingerprint, gcfg))["meta"]
+    return _meta_at(generator_paths(cache, generator_fingerprint(data.fingerprint, gcfg))["meta"])
+
+
+def _meta_at(path: str) -> dict[str, Any] | None:
     if not storage.exists(path):
         return None
     return json.loads(storage.read_bytes(path))

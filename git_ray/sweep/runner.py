@@ -37,7 +37,6 @@ from typing import Any, Callable, Iterator
 
 
 from git_ray import __version__, storage
-from git_ray.storage import StorageFullError
 from git_ray.config import ConfigError, stable_hash
 from git_ray.lease import Lease
 from git_ray.sweep.spec import SweepSpec, load_sweep
@@ -510,7 +509,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"[git-ray] interrupted before any trial ran; run `{rerun}` to start again", flush=True)
         return EXIT_INTERRUPTED
-    except StorageFullError as err:  # the storage layer's one word for a full disk, naming the file
+    except storage.StorageFullError as err:  # the storage layer's one word for a full disk, naming the file
         print(f"[git-ray] error: the disk holding {spec.root} is full ({err}); free space and run "
               f"`{rerun}` again: trials with rows are kept and not run again", file=sys.stderr, flush=True)
         return 1
