@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from git_ray.config import ConfigError, parse_override, read_yaml, set_dotted, trial_config
+from git_ray.config import ConfigError, apply_overrides, read_yaml, trial_config
 from git_ray.data import build_dataset
 from git_ray.generative.quality import fit_judge, quality_check
 from git_ray.generative.train import MunitRun, train_steps
@@ -45,11 +45,8 @@ def main(argv: list[str] | None = None) -> None:
         sweep = read_yaml(args.sweep)
         if not isinstance(sweep, dict) or not isinstance(sweep.get("base"), dict):
             raise ConfigError(f"{args.sweep}: needs a `base` trial config (see sweeps/glyphs_git_cpu.yaml)")
-        data_cfg = sweep["base"]
-        for text in args.overrides:
-            key, value = parse_override(text)
-            data_cfg = set_dotted(data_cfg, key, value)
-        cfg = trial_config(data_cfg, where=f"{args.sweep} base with {args.overrides}")
+        cfg = trial_config(apply_overrides(sweep["base"], args.overrides),
+                           where=f"{args.sweep} base with {args.overrides}")
         try:
             score_at = sorted({int(v) for v in args.score_at.split(",") if v.strip()})
         except ValueError:

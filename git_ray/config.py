@@ -349,7 +349,13 @@ def load_trial_config(path: str | Path, overrides: list[str] | None = None) -> T
                           "e.g. configs/digits_background.yaml)")
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
-    for text in overrides or []:
+    return trial_config(apply_overrides(data, overrides or []), where=str(path))
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A raw config with `key.sub=value` overrides (as `git-ray train --set` takes them) applied in order."""
+    out = dict(data)
+    for text in overrides:
         key, value = parse_override(text)
-        data = set_dotted(data, key, value)
-    return trial_config(data, where=str(path))
+        out = set_dotted(out, key, value)
+    return out
