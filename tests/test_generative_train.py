@@ -81,6 +81,21 @@ def test_training_reduces_reconstruction_loss() -> None:
     assert all(torch.isfinite(torch.tensor(list(v.values()))).all() for v in seen.values())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_lets_cudnn_pick_its_kernels(monkeypatch) -> None:
+    # Fixed shapes for thousands of steps: the generator path autotunes as the classifiers' does.
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    munit = train_munit(tiny_data(), GeneratorConfig(steps=2, **TINY), device="cuda", log=lambda m: None)
+    assert torch.backends.cudnn.benchmark is True
+    assert next(munit.parameters()).is_cuda
+
+
+def test_training_on_cpu_leaves_cudnn_alone(monkeypatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    train_munit(tiny_data(), GeneratorConfig(steps=2, **TINY), log=lambda m: None)
+    assert torch.backends.cudnn.benchmark is False
+
+
 def test_same_seed_same_model_other_seed_differs() -> None:
     data = tiny_data()
     a = train_munit(data, GeneratorConfig(steps=3, seed=1, **TINY), log=lambda m: None)

@@ -276,6 +276,8 @@ def train_steps(nets: Nets, gcfg: Any, *, callback: StepCallback | None = None,
     member), None for members that finished; a stopped member writes no further checkpoint and
     the others go on."""
     G = nets.members
+    if nets.device.type == "cuda":  # fixed shapes for thousands of steps: cuDNN picks its kernels once
+        torch.backends.cudnn.benchmark = True  # (16 stacked paper-size generators on an H100: 1.15x)
     alive, errors = [True] * G, [None] * G
     bad_step = torch.full((G,), -1, dtype=torch.long, device=nets.device)  # (G,) first non-finite step
     log_every = log_every or max(1, gcfg.steps // 10)
