@@ -39,7 +39,7 @@ from git_ray.config import GeneratorConfig, stable_hash
 from git_ray import storage
 from git_ray.generative.networks import Munit
 from git_ray.generative.quality import (MAX_COVERAGE_DISTANCE, MAX_SHARE_OF_COPY, MIN_LABEL_AGREEMENT,
-                                       QUALITY_CHECK_VERSION, passes, quality_check)
+                                       QUALITY_CHECK_VERSION, passes, quality_check, scored_by)
 from git_ray.generative.samples import sample_grid_png
 from git_ray.generative.train import train_munit
 from git_ray.lease import lease_lock
@@ -252,7 +252,7 @@ def _rescore_if_stale(munit: Munit, data: Any, gcfg: GeneratorConfig, paths: dic
     weights are untouched). Every load from the cache goes through it, so trials' rows carry the
     current check's numbers; two processes doing it at once write the same file."""
     meta = _meta_at(paths["meta"])
-    version = None if meta is None else (meta.get("quality") or {}).get("check_version", 1)
+    version = None if meta is None else scored_by(meta.get("quality") or {})
     if version is None or version >= QUALITY_CHECK_VERSION:
         return
     log(f"generator: {paths['fingerprint']} was scored by version {version} of the quality check; "
@@ -384,6 +384,6 @@ def quality_line(quality: dict[str, Any] | None) -> str:
             # rule keeps its own `passed`)
             + ("passed" if passes(quality["label_agreement"], cov, quality.get("coverage_copy_distance"))
                else "FAILED")
-            + ("" if quality.get("check_version", 1) >= QUALITY_CHECK_VERSION else
-               f" (scored by version {quality.get('check_version', 1)} of the check, before its revision: "
+            + ("" if (version := scored_by(quality)) >= QUALITY_CHECK_VERSION else
+               f" (scored by version {version} of the check, before its revision: "
                "`git-ray generator CONFIG` scores it again)"))

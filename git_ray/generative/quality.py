@@ -68,6 +68,12 @@ class JudgeCNN(nn.Module):
         return self.net(x * 2 - 1)
 
 
+def scored_by(quality: dict[str, Any]) -> int:
+    """The version of the check that produced a meta.json "quality" entry (1: written before
+    entries carried their version)."""
+    return int(quality.get("check_version", 1))
+
+
 def train_judge(x: Tensor, y: Tensor, num_classes: int, *, epochs: int, seed: int,
                 device: torch.device, batch_size: int = 64) -> JudgeCNN:
     """A quick classifier on (x, y) with Adam under a one-cycle learning rate (warm up, then anneal
