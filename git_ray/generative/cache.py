@@ -257,8 +257,7 @@ def _rescore_if_stale(munit: Munit, data: Any, gcfg: GeneratorConfig, paths: dic
         return
     log(f"generator: {paths['fingerprint']} was scored by version {version} of the quality check; "
         f"scoring it with version {QUALITY_CHECK_VERSION}")
-    meta = _scored(meta, munit, data, gcfg, device, log)
-    storage.write_bytes(paths["meta"], json.dumps(meta, indent=2).encode(), staging=paths["staging"])
+    _write_meta(paths, _scored(meta, munit, data, gcfg, device, log))
 
 
 def _store(munit: Munit, data: Any, gcfg: GeneratorConfig, paths: dict[str, str], seconds: float,
@@ -272,7 +271,7 @@ def _store(munit: Munit, data: Any, gcfg: GeneratorConfig, paths: dict[str, str]
                     "config": gcfg.model_dump(exclude={"cache"}), "steps": gcfg.steps,
                     "seconds": round(seconds, 3), "device": str(device), "code_version": CODE_VERSION,
                     "fused": fused}, munit, data, gcfg, device, log)
-    storage.write_bytes(paths["meta"], json.dumps(meta, indent=2).encode(), staging=staging)
+    _write_meta(paths, meta)
     storage.write_bytes(paths["checkpoint"], save_generator(munit, gcfg, data.fingerprint), staging=staging)
     storage.delete(paths["training_checkpoint"])  # optimizer + discriminator state: no longer needed
     log(f"generator: trained in {seconds:.1f} s; samples at {paths['samples']}")
@@ -360,6 +359,10 @@ def get_generators(members: list[tuple[Any, GeneratorConfig]], *, cache: str, de
 def read_generator_meta(data: Any, gcfg: GeneratorConfig, *, cache: str) -> dict[str, Any] | None:
     """The meta.json of the generator for (data, gcfg), or None if it was never written."""
     return _meta_at(generator_paths(cache, generator_fingerprint(data.fingerprint, gcfg))["meta"])
+
+
+def _write_meta(paths: dict[str, str], meta: dict[str, Any]) -> None:
+    storage.write_bytes(paths["meta"], json.dumps(meta, indent=2).encode(), staging=paths["staging"])
 
 
 def _meta_at(path: str) -> dict[str, Any] | None:
