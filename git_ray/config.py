@@ -147,6 +147,12 @@ class GeneratorConfig(Strict):
     # Weight of MUNIT's style reconstruction loss; None: the paper's 1. With both domains drawn
     # from one pool, nothing else makes the decoder use the style code (see generative/train.py).
     style_weight: float | None = Field(None, gt=0.0)
+    # The discriminator's conv layers (None: METHOD.md's 4, fewer where the image cannot be halved
+    # that often) and width (None: `dim`). At 28 px four layers leave one score for the whole
+    # image; 2 layers give a patch discriminator (7x7 scores, each seeing 10 px) that judges
+    # stroke texture, which on glyphs-DIL moves stroke width into the style (README, GIT generators).
+    dis_layers: int | None = Field(None, ge=1, le=4)
+    dis_dim: int | None = Field(None, ge=4)
     cache: str | None = None  # folder or URI; None: <storage>/generators (train: <out>/generators)
 
 
@@ -167,7 +173,8 @@ def check_downsample(d: DatasetConfig, g: GeneratorConfig) -> None:
 
 
 CPU_FORWARD_BATCH = 256
-ADDED_AFTER_0_1 = (("eval", "val_per_class"), ("generator", "style_weight"))  # (section, field), None by default
+ADDED_AFTER_0_1 = (("eval", "val_per_class"), ("generator", "style_weight"), ("generator", "dis_layers"),
+                   ("generator", "dis_dim"))  # (section, field), None by default
 
 
 class EvalConfig(Strict):

@@ -48,6 +48,20 @@ def test_fingerprint_is_stable_and_sensitive() -> None:
     assert fp not in others and len(others) == 4
 
 
+def test_discriminator_fields_enter_the_fingerprint_only_when_set() -> None:
+    fp = generator_fingerprint("data1", CFG)
+    # a generator stored before dis_layers / dis_dim existed recorded a config without them
+    old = CFG.model_dump(exclude={"cache", "dis_layers", "dis_dim"})
+    assert gcache._fingerprint("data1", old, gcache.CODE_VERSION) == fp
+    blob = {"format": gcache.GENERATOR_FORMAT, "config": old, "data_fingerprint": "data1",
+            "code_version": gcache.CODE_VERSION}
+    assert gcache.generator_problem(blob, fp) is None  # still found at its place
+    set_ = {generator_fingerprint("data1", CFG.model_copy(update={"dis_layers": 2})),
+            generator_fingerprint("data1", CFG.model_copy(update={"dis_layers": 4})),
+            generator_fingerprint("data1", CFG.model_copy(update={"dis_dim": 64}))}
+    assert fp not in set_ and len(set_) == 3  # 4 written out is not the default left unset
+
+
 def test_first_request_trains_second_loads(tmp_path, train_calls) -> None:
     data = tiny_data()
     cache = str(tmp_path / "gens")

@@ -41,6 +41,21 @@ def test_discriminator_never_below_one_pixel(size: int) -> None:
     assert min(out.shape[-2:]) >= 1
 
 
+def test_dis_layers_and_dis_dim_make_a_patch_discriminator() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.zeros(2, 1, 28, 28)
+    _, paper = build_munit(in_channels=1, image_size=28, gcfg=GeneratorConfig(steps=1, **SMALL), generator=gen)
+    assert paper(x).shape == (2, 1, 1, 1)  # METHOD.md's 4 layers: one score for a 28-px image
+    _, patch = build_munit(in_channels=1, image_size=28, generator=gen,
+                           gcfg=GeneratorConfig(steps=1, dis_layers=2, dis_dim=12, **SMALL))
+    assert patch(x).shape == (2, 1, 7, 7)  # a score per patch
+    convs = [m for m in patch.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [12, 24, 1]  # dis_dim, doubled, the score
+    _, capped = build_munit(in_channels=1, image_size=8, gcfg=GeneratorConfig(steps=1, dis_layers=4, **SMALL),
+                            generator=gen)
+    assert capped(torch.zeros(1, 1, 8, 8)).shape[-2:] == (1, 1)  # never below one pixel
+
+
 def test_too_small_image_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="n_downsample"):
         Munit(in_channels=1, image_size=8, n_downsample=3, **SMALL)

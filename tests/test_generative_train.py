@@ -131,10 +131,10 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, channels: int) -> None:
+@pytest.mark.parametrize("channels, dis", [(1, {}), (3, {}), (1, {"dis_layers": 1, "dis_dim": 6})])
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, channels: int, dis: dict) -> None:
     data = tiny_data(channels=channels)
-    cfg = GeneratorConfig(steps=7, checkpoint_every=2, **TINY)
+    cfg = GeneratorConfig(steps=7, checkpoint_every=2, **TINY, **dis)
     ckpt = str(tmp_path / "run" / "checkpoint.pt")
 
     def crash_at_5(step: int, losses: dict) -> None:

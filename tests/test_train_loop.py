@@ -68,12 +68,15 @@ def test_val_per_class_changes_the_id_only_when_set():
     base = trial_config({})
     assert base.fingerprint() == trial_config({"eval": {"val_per_class": None}}).fingerprint()
     assert base.fingerprint() != trial_config({"eval": {"val_per_class": 100}}).fingerprint()
+    assert base.fingerprint() != trial_config({"generator": {"dis_layers": 2}}).fingerprint()
+    assert base.fingerprint() != trial_config({"generator": {"dis_dim": 64}}).fingerprint()
     # an id stored by 0.1.0 (computed without the field) is still this config's id
     from git_ray.config import stable_hash
 
     d = base.model_dump()
     for section, key in (("dataset", "root"), ("generator", "cache"), ("train", "device"), ("train", "threads"),
-                         ("eval", "forward_batch"), ("eval", "val_per_class"), ("generator", "style_weight")):
+                         ("eval", "forward_batch"), ("eval", "val_per_class"), ("generator", "style_weight"),
+                         ("generator", "dis_layers"), ("generator", "dis_dim")):
         d[section].pop(key)
     assert base.fingerprint() == stable_hash(d)
 

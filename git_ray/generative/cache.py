@@ -46,6 +46,9 @@ from git_ray.lease import lease_lock
 
 GENERATOR_FORMAT = "git_ray.munit_generator/1"
 CODE_VERSION = 2  # bump when networks or training change, so stale generators are not reused
+# Generator config fields added after code version 2's generators were stored: they enter the
+# fingerprint only when set, so generators trained before them keep their place in the cache.
+ADDED_FIELDS = ("dis_layers", "dis_dim")
 
 LockFactory = Callable[[str], ContextManager[Any]]
 
@@ -58,6 +61,7 @@ def generator_fingerprint(data_fingerprint: str, gcfg: GeneratorConfig) -> str:
 
 def _fingerprint(data_fingerprint: str, config: dict[str, Any], code_version: int) -> str:
     # The same hash from a config as recorded in a file, so a file can be checked against its place.
+    config = {k: v for k, v in config.items() if not (k in ADDED_FIELDS and v is None)}
     return stable_hash({"code_version": code_version, "data": data_fingerprint, "generator": config})
 
 

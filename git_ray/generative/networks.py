@@ -296,7 +296,7 @@ def build_munit(*, in_channels: int, image_size: int, gcfg: Any, generator: torc
         munit = Munit(in_channels=in_channels, image_size=image_size, dim=gcfg.dim,
                       style_dim=gcfg.style_dim, n_downsample=gcfg.n_downsample, n_res=gcfg.n_res,
                       mlp_dim=gcfg.mlp_dim)
-        dis = Discriminator(in_channels, gcfg.dim, image_size)
+        dis = Discriminator(in_channels, gcfg.dis_dim or gcfg.dim, image_size, n_layers=gcfg.dis_layers or 4)
     init_weights(munit, generator)
     init_weights(dis, generator)
     return munit.to(device), dis.to(device)
