@@ -180,16 +180,20 @@ class Decoder(nn.Module):
 # Discriminator
 
 
-def discriminator_layers(image_size: int, max_layers: int = 4) -> int:
+DIS_LAYERS = 4  # METHOD.md's discriminator depth (generator.dis_layers unset)
+
+
+def discriminator_layers(image_size: int, max_layers: int = DIS_LAYERS) -> int:
     """How many 4x4 stride-2 (pad 1) convs fit: each halves the size (floor); stop at 1x1."""
     return max(1, min(max_layers, int(math.log2(image_size))))
 
 
 class Discriminator(nn.Module):
-    """Up to 4 conv layers (4x4, stride 2, LeakyReLU 0.2), one scale, then a 1x1 conv to one
-    least-squares GAN score per patch. Fewer layers for images too small to halve four times."""
+    """n_layers conv layers (4x4, stride 2, LeakyReLU 0.2; METHOD.md's 4 by default), one scale,
+    then a 1x1 conv to one least-squares GAN score per patch. Fewer layers for images too small
+    to halve n_layers times."""
 
-    def __init__(self, in_channels: int, dim: int, image_size: int, n_layers: int = 4):
+    def __init__(self, in_channels: int, dim: int, image_size: int, n_layers: int = DIS_LAYERS):
         super().__init__()
         n = discriminator_layers(image_size, n_layers)
         layers: list[nn.Module] = [ConvBlock(in_channels, dim, 4, stride=2, pad=1, act="lrelu")]
@@ -296,7 +300,7 @@ def build_munit(*, in_channels: int, image_size: int, gcfg: Any, generator: torc
         munit = Munit(in_channels=in_channels, image_size=image_size, dim=gcfg.dim,
                       style_dim=gcfg.style_dim, n_downsample=gcfg.n_downsample, n_res=gcfg.n_res,
                       mlp_dim=gcfg.mlp_dim)
-        dis = Discriminator(in_channels, gcfg.dis_dim or gcfg.dim, image_size, n_layers=gcfg.dis_layers or 4)
+        dis = Discriminator(in_channels, gcfg.dis_dim or gcfg.dim, image_size, n_layers=gcfg.dis_layers or DIS_LAYERS)
     init_weights(munit, generator)
     init_weights(dis, generator)
     return munit.to(device), dis.to(device)
