@@ -208,3 +208,82 @@ def test_generator_sweep_scores_one_setting_as_a_json_line(tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             generator_sweep.main(["--sweep", str(path), "--score-at", bad, "generator.steps=3"])
         assert exc.value.code == 2 and "--score-at" in capsys.readouterr().err
+
+
+def _digits_background():
+    from git_ray.config import DatasetConfig
+    from git_ray.data import build_dataset
+    return build_dataset(DatasetConfig(source="digits", nuisance="background", profile="zipf", imbalance_ratio=10))
+
+
+class _Copier(torch.nn.Module):
+    """A 'generator' that returns its source whatever the style (its style encoder reads zeros)."""
+
+    style_dim = 4
+
+    def __init__(self):
+        super().__init__()
+        self.content_encoder = torch.nn.Identity()
+
+    def style_encoder(self, x):
+        return torch.zeros(len(x), self.style_dim)
+
+    def decode(self, content, style):
+        return content
+
+
+def test_coverage_breakdown_rows_and_bins_read_a_copier():
+    """bench/coverage_breakdown: a copier scores its copy row under every kind of style, the
+    noise floor sits far below it, and by the source's own reading its generated medians climb
+    bin after bin while the true nuisance's stay put (the signature of content carrying the draw)."""
+    from bench import coverage_breakdown as cb
+    from git_ray.generative.coverage import MEASURERS, CoverageSample, coverage_from_values
+    from git_ray.registry import NUISANCES
+
+    data = _digits_background()
+    sample = CoverageSample(_Copier(), data, MEASURERS.build("background"), NUISANCES.build("background"),
+                            device="cpu", seed=0, n=60)
+    rows, true = cb.reference_rows(sample, styles=16, true_draws=64, x_train=data.x_train)
+    assert list(rows) == ["random styles", "encoded, other", "encoded, same clean", "copier",
+                          "nuisance on source", "noise floor"]
+    score = {k: coverage_from_values(v, true)["coverage_distance"] for k, v in rows.items()}
+    for k in ("random styles", "encoded, other", "encoded, same clean"):
+        assert score[k] == pytest.approx(score["copier"])
+    assert score["noise floor"] < 0.5 * score["copier"]
+    bins = cb.by_source_bins(rows["random styles"], true, rows["copier"][:, 0], bins=4)
+    assert [b["n"] for b in bins] == [15] * 4
+    gen_mid, true_mid = [b["generated"][1] for b in bins], [b["true"][1] for b in bins]
+    assert gen_mid == sorted(gen_mid) and gen_mid[-1] - gen_mid[0] > 3 * (max(true_mid) - min(true_mid))
+    assert all(b["own_low"] <= b["generated"][1] <= b["own_high"] for b in bins)  # a copier reads its own
+
+
+def test_coverage_breakdown_prints_every_row_and_refuses_bad_input(tmp_path, capsys):
+    """The bench end to end on a saved (untrained) generator; a nuisance with nothing to measure,
+    a file that is no generator and a generator for other images each exit 2 before any work."""
+    from bench import coverage_breakdown as cb
+    from git_ray.config import GeneratorConfig
+    from git_ray.generative.cache import save_generator
+    from git_ray.generative.networks import build_munit
+    from tiny_configs import TINY_BASE, TINY_GEN, sweep_file
+
+    sweep = sweep_file(tmp_path, "bd", base=TINY_BASE)
+    gcfg = GeneratorConfig(**TINY_GEN)
+    size = _digits_background().x_train.shape[-1]
+    paths = {}
+    for name, image_size in (("ok", size), ("other", 2 * size)):
+        munit, _ = build_munit(in_channels=1, image_size=image_size, gcfg=gcfg, generator=torch.Generator().manual_seed(0))
+        paths[name] = tmp_path / f"{name}.pt"
+        paths[name].write_bytes(save_generator(munit, gcfg, "data"))
+    cb.main([str(paths["ok"]), "--sweep", str(sweep), "--n", "20", "--styles", "2", "--true-draws", "8", "--bins", "2"])
+    out = capsys.readouterr().out
+    for row in ("random styles", "encoded, other", "encoded, same clean", "copier", "nuisance on source", "noise floor"):
+        assert re.search(rf"^  {row} +\d\.\d{{3}} +\d\.\d{{3}}$", out, re.M), out
+    assert len(re.findall(r"^ +\d\.\d\d-\d\.\d\d +10 ", out, re.M)) == 2, out
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for argv, says in (([str(paths["ok"]), "dataset.nuisance=none"], "no parameter to measure"),
+                       ([str(tmp_path / "junk.pt")], "cannot load a generator"),
+                       ([str(paths["other"])], "trained on")):
+        with pytest.raises(SystemExit) as exc:
+            cb.main(argv + ["--sweep", str(sweep)])
+        assert exc.value.code == 2 and says in capsys.readouterr().err
+

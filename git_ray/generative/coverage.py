@@ -154,6 +154,48 @@ def coverage_from_values(gen: Tensor, true: Tensor, true_ref: Tensor | None = No
     return out
 
 
+class CoverageSample:
+    """What a coverage score is measured on: n class-balanced training images held fixed as
+    content (`src`, with their own nuisance draw), their clean sources (`clean`), the measurer,
+    and the random stream every later draw comes from. `nuisance_coverage` scores a generator
+    on one; `bench/coverage_breakdown.py` asks it more (styles from encoded images, the nuisance
+    applied to the source, scores by the source's own reading)."""
+
+    def __init__(self, munit: Any, data: Any, measure: Measurer, nuisance: Nuisance, *,
+                 device: torch.device | str, seed: int, n: int):
+        from git_ray.generative.train import BalancedSampler  # here: train imports torch.optim
+
+        self.munit, self.measure, self.nuisance = munit, measure, nuisance
+        self.device = torch.device(device)
+        self.g = torch.Generator().manual_seed(seed)
+        idx = BalancedSampler(data.y_train, self.g)(n)  # (n,) class-balanced sources
+        self.src = data.x_train[idx].to(self.device)  # (n, C, H, W) in [0, 1], with their own nuisance draw
+        self.clean = data.x_train_clean[idx].to(self.device)  # the same images before it
+        self.content = munit.content_encoder(self.src * 2 - 1)  # (n, D, h, w)
+
+    def translated(self, z: Tensor) -> Tensor:
+        """Style codes z (n, S) -> (n,): the parameter read in each source's content under z."""
+        out = ((self.munit.decode(self.content, z.to(self.device)) + 1) / 2).clamp(0, 1)  # (n, C, H, W)
+        return self.measure(out.float(), self.clean).cpu()
+
+    def random_styles(self, styles: int, style_scale: float = 1.0) -> Tensor:
+        """(n, styles): under codes drawn from N(0, I) * style_scale, as GIT draws them at use."""
+        n, dim = len(self.src), self.munit.style_dim
+        return torch.stack([self.translated(torch.randn(n, dim, generator=self.g) * style_scale)
+                            for _ in range(styles)], dim=1)
+
+    def true_values(self, draws: int, images: Tensor | None = None) -> Tensor:
+        """(n, draws): the true nuisance drawn afresh on `images` (the clean sources unless
+        given), read against the clean sources."""
+        images = self.clean if images is None else images
+        rep = images.repeat(draws, 1, 1, 1)  # (draws * n, C, H, W): draw-major
+        return self.measure(self.nuisance(rep, self.g), self.clean.repeat(draws, 1, 1, 1)).view(draws, -1).T.cpu()
+
+    def copy_values(self) -> Tensor:
+        """(n, 1): a generator that returns its source: each source's own draw, whatever the style."""
+        return self.measure(self.src.float(), self.clean)[:, None].cpu()
+
+
 @torch.no_grad()
 def nuisance_coverage(munit: Any, data: Any, nuisance_name: str, nuisance: Nuisance, *,
                       device: torch.device | str, seed: int, n: int = 64, styles: int = 32,
@@ -163,32 +205,13 @@ def nuisance_coverage(munit: Any, data: Any, nuisance_name: str, nuisance: Nuisa
     `munit` needs `content_encoder(x)`, `decode(content, z)` and `style_dim` (images in [-1, 1]);
     `data` needs x_train, x_train_clean and y_train. Styles are N(0, I) * style_scale, as GIT
     draws them at use."""
-    from git_ray.generative.train import BalancedSampler  # here: train imports torch.optim
-
     measure = MEASURERS.build(nuisance_name)
     if measure is None:
         return None
-    device = torch.device(device)
-    g = torch.Generator().manual_seed(seed)
-    idx = BalancedSampler(data.y_train, g)(n)  # (n,) class-balanced sources
-    src = data.x_train[idx].to(device)  # (n, C, H, W) in [0, 1], with their own nuisance draw
-    clean = data.x_train_clean[idx].to(device)  # the same images before it
-
-    content = munit.content_encoder(src * 2 - 1)  # (n, D, h, w)
-    gen = []
-    for _ in range(styles):
-        z = (torch.randn(n, munit.style_dim, generator=g) * style_scale).to(device)  # (n, S)
-        out = ((munit.decode(content, z) + 1) / 2).clamp(0, 1)  # (n, C, H, W)
-        gen.append(measure(out.float(), clean))
-    gen_v = torch.stack(gen, dim=1).cpu()  # (n, styles)
-
-    def true_values(draws: int) -> Tensor:
-        rep = clean.repeat(draws, 1, 1, 1)  # (draws * n, C, H, W): draw-major
-        return measure(nuisance(rep, g), rep).view(draws, n).T.cpu()  # (n, draws)
-
-    true_v = true_values(true_draws)
-    ref_v = true_values(styles)
-    copy_v = measure(src.float(), clean)[:, None].cpu()  # (n, 1): each source's own draw, any style
-    copy = coverage_from_values(copy_v, true_v)["coverage_distance"]
+    sample = CoverageSample(munit, data, measure, nuisance, device=device, seed=seed, n=n)
+    gen_v = sample.random_styles(styles, style_scale)  # (n, styles)
+    true_v = sample.true_values(true_draws)
+    ref_v = sample.true_values(styles)
+    copy = coverage_from_values(sample.copy_values(), true_v)["coverage_distance"]
     return {**coverage_from_values(gen_v, true_v, ref_v), "copy_distance": copy, "n_sources": n,
             "styles": styles}

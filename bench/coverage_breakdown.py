@@ -1,0 +1,134 @@
+"""Where a generator's coverage distance comes from: its score beside reference rows, and by the
+source's own nuisance reading.
+
+    python -m bench.coverage_breakdown results/generators/6aa08a874d46/generator.pt \
+        dataset.nuisance=dilation dataset.instance=0
+
+The data are the sweep file's `base` (default sweeps/glyphs_git_cpu.yaml) with the given
+overrides, as `bench.generator_sweep` builds them; give the data the generator was trained on.
+Each row is the coverage distance (and reach) of `git_ray.generative.coverage`, on one sample of
+class-balanced sources (`--n`, `--seed`), against the true nuisance on their clean sources:
+
+    random styles        codes from N(0, I), as GIT draws them at use (the check's score)
+    encoded, other       codes encoded from other training images (MUNIT's example-guided use)
+    encoded, same clean  codes encoded from fresh true draws of each source's own clean image:
+                         the styles a perfect style encoder would hand over; if this row is no
+                         better than the first, the prior is not what limits the generator
+    copier               the source as it is (the score to beat)
+    nuisance on source   the true nuisance drawn afresh on the source, its own draw kept: what
+                         adding the right variation without undoing the source's draw scores
+    noise floor          fresh true draws on the clean source: a perfect generator's score
+
+Then the sources are cut into `--bins` equal-count bins by their own reading (the copier's
+value) and, per bin, the generated and true values' 10th / 50th / 90th percentiles (medians over
+the bin's sources) and the bin's mean distance: a generator whose content carries the source's
+own draw shows generated medians that climb with the bin while the true ones stay put.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from git_ray.config import ConfigError, apply_overrides, read_yaml, trial_config
+from git_ray.data import build_dataset
+from git_ray.generative import load_generator
+from git_ray.generative.coverage import MEASURERS, CoverageSample, coverage_from_values, wasserstein_1d
+from git_ray.registry import NUISANCES
+
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+def reference_rows(sample: CoverageSample, styles: int, true_draws: int, x_train: torch.Tensor
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The measured values (n, k) of each row of the module docstring, and the true values they
+    are scored against (n, true_draws)."""
+    munit, n = sample.munit, len(sample.src)
+    rows = {"random styles": sample.random_styles(styles)}
+    other = torch.randint(0, len(x_train), (styles, n), generator=sample.g)
+    rows["encoded, other"] = torch.stack(
+        [sample.translated(munit.style_encoder(x_train[i].to(sample.device) * 2 - 1)) for i in other], 1)
+    rows["encoded, same clean"] = torch.stack(
+        [sample.translated(munit.style_encoder(sample.nuisance(sample.clean, sample.g) * 2 - 1))
+         for _ in range(styles)], 1)
+    rows["copier"] = sample.copy_values()
+    rows["nuisance on source"] = sample.true_values(styles, images=sample.src)
+    rows["noise floor"] = sample.true_values(styles)
+    return rows, sample.true_values(true_draws)
+
+
+def by_source_bins(gen: torch.Tensor, true: torch.Tensor, own: torch.Tensor, bins: int) -> list[dict[str, object]]:
+    """Sources cut into `bins` equal-count bins by their own reading `own` (n,): per bin its
+    reading's range, size, generated and true percentiles and mean distance."""
+    width = (true.max(1).values - true.min(1).values).clamp_min(1e-12)  # each source's true range
+    dist = wasserstein_1d(gen, true) / width  # (n,)
+    q = torch.tensor(QUANTILES)
+    order = own.argsort()
+    out = []
+    for part in order.tensor_split(bins):
+        out.append({"own_low": float(own[part].min()), "own_high": float(own[part].max()), "n": len(part),
+                    "generated": gen[part].quantile(q, dim=1).median(dim=1).values.tolist(),
+                    "true": true[part].quantile(q, dim=1).median(dim=1).values.tolist(),
+                    "distance": float(dist[part].mean())})
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("generator", help="a generator.pt (as `git-ray generator` prints its place)")
+    p.add_argument("--sweep", default="sweeps/glyphs_git_cpu.yaml", help="sweep file whose base is used")
+    p.add_argument("--n", type=int, default=400, help="sources (more than the check's 64, for the bins)")
+    p.add_argument("--styles", type=int, default=32)
+    p.add_argument("--true-draws", type=int, default=128)
+    p.add_argument("--bins", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the base")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:  # bad input: say what, before any work
+        sweep = read_yaml(args.sweep)
+        if not isinstance(sweep, dict) or not isinstance(sweep.get("base"), dict):
+            raise ConfigError(f"{args.sweep}: needs a `base` trial config (see sweeps/glyphs_git_cpu.yaml)")
+        cfg = trial_config(apply_overrides(sweep["base"], args.overrides),
+                           where=f"{args.sweep} base with {args.overrides}")
+        measure = MEASURERS.build(cfg.dataset.nuisance)
+        if measure is None:
+            raise ConfigError(f"dataset.nuisance {cfg.dataset.nuisance!r} has no parameter to measure; "
+                              f"give one of {sorted(k for k in MEASURERS.names() if k != 'none')}")
+        if args.n < args.bins or args.bins < 1:
+            raise ConfigError(f"--n {args.n} --bins {args.bins}: need 1 <= bins <= n")
+        try:
+            munit = load_generator(args.generator)
+        except Exception as err:  # noqa: BLE001 - missing, not a torch file, not a generator: one answer
+            raise ConfigError(f"{args.generator}: cannot load a generator from it ({err})")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    data = build_dataset(cfg.dataset)
+    if munit.spec["in_channels"] != data.x_train.shape[1] or munit.spec["image_size"] != data.x_train.shape[-1]:
+        print(f"error: {args.generator} was trained on {munit.spec['in_channels']}-channel "
+              f"{munit.spec['image_size']} px images; these data are {data.x_train.shape[1]}-channel "
+              f"{data.x_train.shape[-1]} px: give the overrides of the data it was trained on", file=sys.stderr)
+        sys.exit(2)
+    nuisance = NUISANCES.build(cfg.dataset.nuisance, strength=cfg.dataset.nuisance_strength)
+    with torch.no_grad():
+        sample = CoverageSample(munit, data, measure, nuisance, device="cpu", seed=args.seed, n=args.n)
+        rows, true = reference_rows(sample, args.styles, args.true_draws, data.x_train)
+    print(f"{args.generator} on {cfg.dataset.nuisance} ({' '.join(args.overrides) or 'the base'}): "
+          f"{args.n} sources, {args.styles} styles, seed {args.seed}")
+    print(f"  {'row':20s} {'distance':>8s} {'reach':>6s}")
+    for name, values in rows.items():
+        s = coverage_from_values(values, true)
+        print(f"  {name:20s} {s['coverage_distance']:8.3f} {s['coverage_reach']:6.3f}")
+    print(f"  by the source's own reading ({args.bins} bins; percentiles {QUANTILES}, medians over the bin)")
+    print(f"  {'own reading':>13s} {'n':>4s}  {'generated':>18s}  {'true':>18s}  {'distance':>8s}")
+    for b in by_source_bins(rows["random styles"], true, rows["copier"][:, 0], args.bins):
+        gen = " ".join(f"{v:5.2f}" for v in b["generated"])
+        tru = " ".join(f"{v:5.2f}" for v in b["true"])
+        print(f"  {b['own_low']:6.2f}-{b['own_high']:<6.2f} {b['n']:4d}  {gen:>18s}  {tru:>18s}  {b['distance']:8.3f}")
+
+
+if __name__ == "__main__":
+    main()
