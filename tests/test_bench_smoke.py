@@ -287,3 +287,74 @@ def test_coverage_breakdown_prints_every_row_and_refuses_bad_input(tmp_path, cap
             cb.main(argv + ["--sweep", str(sweep)])
         assert exc.value.code == 2 and says in capsys.readouterr().err
 
+
+def _digits_dilation():
+    from git_ray.config import DatasetConfig
+    from git_ray.data import build_dataset
+    return build_dataset(DatasetConfig(source="digits", nuisance="dilation", profile="zipf", imbalance_ratio=10))
+
+
+def test_dilation_bound_reads_the_nuisances_own_draws():
+    """bench/dilation_bound: its offsets are Dilation's: each of the nuisance's own outputs is,
+    pixel for pixel, its clean glyph at the offset read back, and the offsets read back come in
+    the prior's proportions; strength 0 leaves every glyph at offset 0."""
+    from bench import dilation_bound as db
+    from git_ray.data.nuisances import Dilation
+
+    prior = db.offset_prior(1.0)
+    assert list(prior) == [-1, 0, 1, 2, 3] and sum(prior.values()) == pytest.approx(1.0)
+    assert db.offset_prior(0.0) == {0: 1.0}
+    offsets = list(prior)
+    clean = _digits_dilation().x_train_clean[:300].repeat(8, 1, 1, 1)
+    x = Dilation(strength=1.0)(clean, torch.Generator().manual_seed(0))
+    own = db.own_offsets(x, clean, offsets)
+    rebuilt = torch.stack([db.at_offset(clean[i:i + 1], offsets[o])[0] for i, o in enumerate(own.tolist())])
+    assert torch.equal(rebuilt, x)
+    freq = torch.bincount(own, minlength=len(offsets)).float() / len(own)
+    assert torch.allclose(freq, torch.tensor(list(prior.values())), atol=0.03), freq
+
+
+def test_dilation_bound_ideal_rows_follow_the_reading():
+    """A reader that knows every draw puts the ideal generator on the noise floor; one that knows
+    nothing puts it on the "no reading" row, far above; the copier is each source's own reading."""
+    from bench import dilation_bound as db
+    from git_ray.generative.coverage import MEASURERS, coverage_from_values
+
+    prior = db.offset_prior(1.0)
+    offsets, probs = list(prior), torch.tensor(list(prior.values()))
+    clean = _digits_dilation().x_train_clean[:80]
+    ladder = db.offset_ladder(clean, MEASURERS.build("dilation"))
+    g = torch.Generator().manual_seed(1)
+    own = torch.multinomial(probs, len(clean), replacement=True, generator=g)
+    score = {}
+    for name, post in (("knows", torch.nn.functional.one_hot(own, len(offsets)).float()),
+                       ("blind", probs.expand(len(clean), -1))):
+        rows, true = db.ideal_rows(ladder, own, post, offsets, probs, styles=32, true_draws=128, g=g)
+        score[name] = {k: coverage_from_values(v, true)["coverage_distance"] for k, v in rows.items()}
+    knows, blind = score["knows"], score["blind"]
+    assert abs(knows["reader posterior"] - knows["noise floor"]) < 0.03 and knows["reader MAP"] == pytest.approx(
+        knows["reader posterior"], abs=0.03)
+    assert abs(blind["reader posterior"] - blind["no reading"]) < 0.04
+    assert blind["reader posterior"] > 2 * knows["reader posterior"] and knows["copier"] > 3 * knows["noise floor"]
+    rows, _ = db.ideal_rows(ladder, own, probs.expand(len(clean), -1), offsets, probs, styles=2, true_draws=2, g=g)
+    torch.testing.assert_close(rows["copier"][:, 0], MEASURERS.build("dilation")(
+        torch.cat([db.at_offset(clean[i:i + 1], offsets[o]) for i, o in enumerate(own.tolist())]), clean))
+
+
+def test_dilation_bound_prints_its_rows_and_refuses_other_nuisances(tmp_path, capsys):
+    """The bench end to end at a tiny size: the reader's accuracy and every row; another
+    nuisance or an empty reader set exits 2 before any work."""
+    from bench import dilation_bound as db
+    from tiny_configs import TINY_BASE, sweep_file
+
+    sweep = sweep_file(tmp_path, "db", base=TINY_BASE)
+    db.main(["--sweep", str(sweep), "--epochs", "1", "--width", "4", "--reader-glyphs", "50", "--n", "20", "--styles", "4",
+             "--true-draws", "8"])
+    out = capsys.readouterr().out
+    assert re.search(r"reader accuracy on the sources' own draws \(offsets \[-1, 0, 1, 2, 3\]\): \d\.\d{3}$", out, re.M)
+    for row in ("copier", "nuisance on source", "no reading", "reader posterior", "reader MAP", "noise floor"):
+        assert re.search(rf"^  {row} +\d\.\d{{3}}$", out, re.M), out
+    for argv, says in ((["dataset.nuisance=background"], "dilation only"), (["--reader-glyphs", "0"], "at least 1")):
+        with pytest.raises(SystemExit) as exc:
+            db.main(["--sweep", str(sweep), *argv])
+        assert exc.value.code == 2 and says in capsys.readouterr().err

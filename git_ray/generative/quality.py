@@ -75,7 +75,7 @@ def scored_by(quality: dict[str, Any]) -> int:
 
 
 def train_judge(x: Tensor, y: Tensor, num_classes: int, *, epochs: int, seed: int,
-                device: torch.device, batch_size: int = 64) -> JudgeCNN:
+                device: torch.device, batch_size: int = 64, width: int = 32) -> JudgeCNN:
     """A quick classifier on (x, y) with Adam under a one-cycle learning rate (warm up, then anneal
     to about zero); deterministic for a seed (its own RNG fork).
 
@@ -85,7 +85,7 @@ def train_judge(x: Tensor, y: Tensor, num_classes: int, *, epochs: int, seed: in
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = JudgeCNN(x.shape[1], num_classes).to(device)
+        model = JudgeCNN(x.shape[1], num_classes, width).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=JUDGE_LR)
     steps_per_epoch = len(x) // batch_size + (len(x) % batch_size >= 2)  # a last batch of one is skipped
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=JUDGE_LR, total_steps=max(1, epochs * steps_per_epoch),
