@@ -6,6 +6,7 @@ and on how busy it is, so `machine()` also records the load average when the ben
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import platform
@@ -17,10 +18,36 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from git_ray.config import ConfigError, TrialConfig, apply_overrides, read_yaml, trial_config
 from git_ray.registry import ARCHS
 
 if TYPE_CHECKING:  # Pillow only for the per-image reference path: the GPU benches run without it
     from PIL import Image
+
+# ---------------------------------------------------------------------------------------------
+# The generator benches' data: a sweep file's base
+
+
+def sweep_base(path: str, overrides: list[str]) -> TrialConfig:
+    """The trial config of sweep file `path`'s `base` with dotted overrides; ConfigError naming
+    the file and the overrides if either is wrong."""
+    sweep = read_yaml(path)
+    if not isinstance(sweep, dict) or not isinstance(sweep.get("base"), dict):
+        raise ConfigError(f"{path}: needs a `base` trial config (see sweeps/glyphs_git_cpu.yaml)")
+    return trial_config(apply_overrides(sweep["base"], overrides), where=f"{path} base with {overrides}")
+
+
+def add_coverage_args(p: argparse.ArgumentParser, n_help: str) -> None:
+    """The arguments of the coverage benches: the data (a sweep file's base, overrides), the
+    sample (sources, styles, true draws, seed) and torch's CPU threads."""
+    p.add_argument("--sweep", default="sweeps/glyphs_git_cpu.yaml", help="sweep file whose base is used")
+    p.add_argument("--n", type=int, default=400, help=n_help)
+    p.add_argument("--styles", type=int, default=32)
+    p.add_argument("--true-draws", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the base")
+
 
 # ---------------------------------------------------------------------------------------------
 # The machine

@@ -31,7 +31,8 @@ import sys
 
 import torch
 
-from git_ray.config import ConfigError, apply_overrides, read_yaml, trial_config
+from bench.common import add_coverage_args, sweep_base
+from git_ray.config import ConfigError
 from git_ray.data import build_dataset
 from git_ray.generative import load_generator
 from git_ray.generative.coverage import MEASURERS, CoverageSample, coverage_from_values, wasserstein_1d
@@ -77,22 +78,12 @@ def by_source_bins(gen: torch.Tensor, true: torch.Tensor, own: torch.Tensor, bin
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("generator", help="a generator.pt (as `git-ray generator` prints its place)")
-    p.add_argument("--sweep", default="sweeps/glyphs_git_cpu.yaml", help="sweep file whose base is used")
-    p.add_argument("--n", type=int, default=400, help="sources (more than the check's 64, for the bins)")
-    p.add_argument("--styles", type=int, default=32)
-    p.add_argument("--true-draws", type=int, default=128)
+    add_coverage_args(p, n_help="sources (more than the check's 64, for the bins)")
     p.add_argument("--bins", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the base")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:  # bad input: say what, before any work
-        sweep = read_yaml(args.sweep)
-        if not isinstance(sweep, dict) or not isinstance(sweep.get("base"), dict):
-            raise ConfigError(f"{args.sweep}: needs a `base` trial config (see sweeps/glyphs_git_cpu.yaml)")
-        cfg = trial_config(apply_overrides(sweep["base"], args.overrides),
-                           where=f"{args.sweep} base with {args.overrides}")
+        cfg = sweep_base(args.sweep, args.overrides)
         measure = MEASURERS.build(cfg.dataset.nuisance)
         if measure is None:
             raise ConfigError(f"dataset.nuisance {cfg.dataset.nuisance!r} has no parameter to measure; "

@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from git_ray.config import ConfigError, apply_overrides, read_yaml, trial_config
+from bench.common import add_coverage_args, sweep_base
+from git_ray.config import ConfigError
 from git_ray.data import build_dataset
 from git_ray.data.nuisances import Dilation, _morph
 from git_ray.generative.coverage import MEASURERS, coverage_from_values
@@ -117,25 +118,15 @@ def ideal_rows(ladder: Tensor, own: Tensor, post: Tensor, offsets: list[int], pr
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sweep", default="sweeps/glyphs_git_cpu.yaml", help="sweep file whose base is used")
+    add_coverage_args(p, n_help="training images scored as sources")
     p.add_argument("--epochs", type=int, default=10, help="the reader's training epochs")
     p.add_argument("--width", type=int, default=64, help="the reader's width (the judge's is 32)")
     p.add_argument("--reader-glyphs", type=int, default=20000, help="clean test glyphs the reader learns from")
     p.add_argument("--draws", type=int, default=1, help="true draws per clean glyph the reader learns from")
-    p.add_argument("--n", type=int, default=400, help="training images scored as sources")
-    p.add_argument("--styles", type=int, default=32)
-    p.add_argument("--true-draws", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the base")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:  # bad input: say what, before any work
-        sweep = read_yaml(args.sweep)
-        if not isinstance(sweep, dict) or not isinstance(sweep.get("base"), dict):
-            raise ConfigError(f"{args.sweep}: needs a `base` trial config (see sweeps/glyphs_git_cpu.yaml)")
-        cfg = trial_config(apply_overrides(sweep["base"], ["dataset.nuisance=dilation", *args.overrides]),
-                           where=f"{args.sweep} base with {args.overrides}")
+        cfg = sweep_base(args.sweep, ["dataset.nuisance=dilation", *args.overrides])
         if cfg.dataset.nuisance != "dilation":
             raise ConfigError(f"dataset.nuisance={cfg.dataset.nuisance}: this bench measures dilation only")
         if min(args.epochs, args.width, args.reader_glyphs, args.draws, args.n, args.styles, args.true_draws) < 1:

@@ -24,7 +24,8 @@ import time
 
 import torch
 
-from git_ray.config import ConfigError, apply_overrides, read_yaml, trial_config
+from bench.common import sweep_base
+from git_ray.config import ConfigError
 from git_ray.data import build_dataset
 from git_ray.generative.quality import fit_judge, quality_check
 from git_ray.generative.train import MunitRun, train_steps
@@ -42,11 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     try:  # a bad sweep file or override: say which, before any work
-        sweep = read_yaml(args.sweep)
-        if not isinstance(sweep, dict) or not isinstance(sweep.get("base"), dict):
-            raise ConfigError(f"{args.sweep}: needs a `base` trial config (see sweeps/glyphs_git_cpu.yaml)")
-        cfg = trial_config(apply_overrides(sweep["base"], args.overrides),
-                           where=f"{args.sweep} base with {args.overrides}")
+        cfg = sweep_base(args.sweep, args.overrides)
         try:
             score_at = sorted({int(v) for v in args.score_at.split(",") if v.strip()})
         except ValueError:
