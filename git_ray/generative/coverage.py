@@ -171,8 +171,10 @@ class CoverageSample:
         idx = BalancedSampler(data.y_train, self.g)(n)  # (n,) class-balanced sources
         self.src = data.x_train[idx].to(self.device)  # (n, C, H, W) in [0, 1], with their own nuisance draw
         self.clean = data.x_train_clean[idx].to(self.device)  # the same images before it
-        self.content = munit.content_encoder(self.src * 2 - 1)  # (n, D, h, w)
+        with torch.no_grad():  # a measurement: nothing here needs a graph
+            self.content = munit.content_encoder(self.src * 2 - 1)  # (n, D, h, w)
 
+    @torch.no_grad()
     def translated(self, z: Tensor) -> Tensor:
         """Style codes z (n, S) -> (n,): the parameter read in each source's content under z."""
         out = ((self.munit.decode(self.content, z.to(self.device)) + 1) / 2).clamp(0, 1)  # (n, C, H, W)
