@@ -18,8 +18,8 @@ that can be read and what the best generator reading that well would score:
    with the read offset sampled from the reader's posterior (row "reader posterior") or its
    most likely class ("reader MAP"). It is ideal in everything else: it knows the clean glyph
    once it has read the draw (real undoing of a dilation loses detail) and draws the new
-   offset from the nuisance's own distribution. Its score is a floor for any generator whose
-   reading is no better than this reader's.
+   offset from the nuisance's own distribution. Its score is about the best a generator whose
+   reading is no better than this reader's can do.
 
 Offsets add: squares add under Minkowski sums, so a 2x2 dilation of a 3x3 dilation is a 4x4
 one; mixing erosion and dilation is treated the same way (the idealisation above). Every row is
