@@ -35,7 +35,7 @@ from bench.common import add_coverage_args, sweep_base
 from git_ray.config import ConfigError
 from git_ray.data import build_dataset
 from git_ray.generative import load_generator
-from git_ray.generative.coverage import MEASURERS, CoverageSample, coverage_from_values, wasserstein_1d
+from git_ray.generative.coverage import MEASURERS, CoverageSample, coverage_from_values, source_distances
 from git_ray.registry import NUISANCES
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -62,8 +62,7 @@ def reference_rows(sample: CoverageSample, styles: int, true_draws: int, x_train
 def by_source_bins(gen: torch.Tensor, true: torch.Tensor, own: torch.Tensor, bins: int) -> list[dict[str, object]]:
     """Sources cut into `bins` equal-count bins by their own reading `own` (n,): per bin its
     reading's range, size, generated and true percentiles and mean distance."""
-    width = (true.max(1).values - true.min(1).values).clamp_min(1e-12)  # each source's true range
-    dist = wasserstein_1d(gen, true) / width  # (n,)
+    dist = source_distances(gen, true)  # (n,)
     q = torch.tensor(QUANTILES)
     order = own.argsort()
     out = []

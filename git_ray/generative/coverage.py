@@ -125,17 +125,23 @@ def wasserstein_1d(a: Tensor, b: Tensor) -> Tensor:
     return ((fa - fb).abs() * widths).sum(dim=1)  # (R,)
 
 
+def source_distances(gen: Tensor, true: Tensor) -> Tensor:
+    """(n,): each source's 1-Wasserstein distance between gen (n, K) and true (n, T), in units of
+    its own true range (see the module docstring); a source whose true values are all one value
+    (no ink to dilate) is measured in the pooled range."""
+    lo, hi = float(true.min()), float(true.max())
+    pooled = hi - lo if hi > lo else 1.0  # a nuisance of strength 0: every true value is the same
+    own = true.max(dim=1).values - true.min(dim=1).values  # (n,)
+    width = torch.where(own > 0, own, torch.full_like(own, pooled))
+    return wasserstein_1d(gen, true) / width
+
+
 def coverage_from_values(gen: Tensor, true: Tensor, true_ref: Tensor | None = None,
                          bins: int = COVERAGE_BINS) -> dict[str, float]:
     """Scores from measured values: gen (n, K) per source under K styles, true (n, T) per source
     under T true draws; true_ref (n, T'), a second independent true sample, gives the noise floor."""
     lo, hi = float(true.min()), float(true.max())
-    pooled = hi - lo if hi > lo else 1.0  # a nuisance of strength 0: every true value is the same
-    # Each source's distance in units of its own true range (see the module docstring); a source
-    # whose true values are all one value (no ink to dilate) is measured in the pooled range.
-    own = true.max(dim=1).values - true.min(dim=1).values  # (n,)
-    width = torch.where(own > 0, own, torch.full_like(own, pooled))
-    distance = float((wasserstein_1d(gen, true) / width).mean())
+    distance = float(source_distances(gen, true).mean())
     edges = torch.linspace(lo, hi, bins + 1)[1:-1]
     # Per source: the bins its true values fill, and which of those its generated values reach
     # (a generated value outside the true range reaches no bin: it goes to an extra column).
@@ -150,7 +156,7 @@ def coverage_from_values(gen: Tensor, true: Tensor, true_ref: Tensor | None = No
            "true_low": lo, "true_high": hi,
            "generated_low": float(gen.min()), "generated_high": float(gen.max())}
     if true_ref is not None:
-        out["noise_floor"] = float((wasserstein_1d(true_ref, true) / width).mean())
+        out["noise_floor"] = float(source_distances(true_ref, true).mean())
     return out
 
 
@@ -189,9 +195,9 @@ class CoverageSample:
     def true_values(self, draws: int, images: Tensor | None = None) -> Tensor:
         """(n, draws): the true nuisance drawn afresh on `images` (the clean sources unless
         given), read against the clean sources."""
-        images = self.clean if images is None else images
-        rep = images.repeat(draws, 1, 1, 1)  # (draws * n, C, H, W): draw-major
-        return self.measure(self.nuisance(rep, self.g), self.clean.repeat(draws, 1, 1, 1)).view(draws, -1).T.cpu()
+        clean = self.clean.repeat(draws, 1, 1, 1)  # (draws * n, C, H, W): draw-major
+        rep = clean if images is None else images.repeat(draws, 1, 1, 1)
+        return self.measure(self.nuisance(rep, self.g), clean).view(draws, -1).T.cpu()
 
     def copy_values(self) -> Tensor:
         """(n, 1): a generator that returns its source: each source's own draw, whatever the style."""
