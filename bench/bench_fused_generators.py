@@ -3,7 +3,9 @@ separate processes.
 
     python -m bench.bench_fused_generators [--device cuda] [--groups 1,4,16,64] [--steps N] [--warmup N]
                                            [--dim 64] [--n-res 4] [--batch 1] [--images N]
-                                           [--stacking auto|stacked|members] [--separate] [--json OUT.json]
+                                           [--stacking auto|stacked|members] [--conv grouped|matmul]
+                                           [--[no-]cuda-graph] [--autocast bf16]
+                                           [--separate] [--json OUT.json]
 
 Each member is a K49-size generator by default (the paper's MUNIT: dim 64, 4 residual blocks,
 style 8, MLP 256, batch 1, on K49-LT's 7,832 training images, 28x28x1, 49 classes; synthetic
@@ -13,7 +15,12 @@ the on-device finite-loss check), over `--steps` steps after `--warmup` untimed 
 
 - fused: member-steps/s in total for each G in --groups (G = 1 is one generator alone);
   `--stacking auto` stacks on CUDA and runs members one after another on a CPU (what a sweep
-  does); `stacked` / `members` force either.
+  does); `stacked` / `members` force either. `--conv` is how a stack computes its convolutions
+  (`git_ray.generative.fused.CONVS`: vmapped grouped convolutions, or unfold + batched matmul);
+  `--cuda-graph` / `--no-cuda-graph` whether each stacked step is replayed as one CUDA graph
+  (both default to what training does: matmul and graphs on CUDA, where training also lets
+  float32 matrix products use TF32, as cuDNN's convolutions do by default). `--autocast bf16`
+  runs the steps under bf16 autocast: not an option of the training code, what it would buy.
 - --separate (default on CPU): the same G members each trained alone in a fresh process, one
   after another with the same threads: G x steps over the sum of their timed spans; the ratio
   fused / separate is what fusing buys (>= 1: no slower).
@@ -23,6 +30,7 @@ the K49 study's projection.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from types import SimpleNamespace
 
@@ -31,7 +39,7 @@ import torch
 from bench.bench_gpu_share import K49_CLASSES, k49_lt_size
 from bench.common import default_device, each_alone, machine_line, print_figures, save_figures, set_threads, sync
 from git_ray.config import GeneratorConfig
-from git_ray.generative.fused import train_munits
+from git_ray.generative.fused import CONVS, train_munits
 
 
 def member_data(i: int, images: int) -> SimpleNamespace:
@@ -62,8 +70,12 @@ def fused_rate(members: list[int], args: argparse.Namespace, device: torch.devic
     stacked = {"auto": None, "stacked": True, "members": False}[args.stacking]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if args.autocast == "bf16"
+           else contextlib.nullcontext())
     start = time.perf_counter()
-    out = train_munits(jobs, device=device, stacked=stacked, callback=stamp, log=lambda m: None)
+    with amp:
+        out = train_munits(jobs, device=device, stacked=stacked, conv=args.conv, cuda_graph=args.cuda_graph,
+                           callback=stamp, log=lambda m: None)
     wall = time.perf_counter() - start
     failed = [o for o in out if isinstance(o, Exception)]
     if failed:
@@ -94,6 +106,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--images", type=int, default=None, help="training images per member (default: K49-LT's)")
     ap.add_argument("--stacking", choices=("auto", "stacked", "members"), default="auto",
                     help="one stacked model, or the members one after another (auto: stacked on CUDA)")
+    ap.add_argument("--conv", choices=CONVS, default=None,
+                    help="how a stack computes its convolutions (default: the training code's, matmul on CUDA)")
+    ap.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                    help="replay each stacked step as one CUDA graph (default: the training code's, on CUDA)")
+    ap.add_argument("--autocast", choices=("none", "bf16"), default="none", help="run the steps under autocast")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: leave)")
     ap.add_argument("--separate", action=argparse.BooleanOptionalAction, default=None,
                     help="also time the members alone in separate processes (default: on CPU)")
@@ -118,7 +135,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"== fused generators ({machine_line(device)})")
     print(f"   MUNIT dim {args.dim}, {args.n_res} residual blocks, MLP {args.mlp_dim}, batch {args.batch}, on "
           f"{args.images:,} images x 28x28x1 per member; {args.steps} timed steps after {args.warmup}; "
-          f"stacking {args.stacking}; device {device}")
+          f"stacking {args.stacking}, conv {args.conv or 'as training does'}, autocast {args.autocast}, "
+          f"CUDA graph "
+          f"{'as training does' if args.cuda_graph is None else args.cuda_graph}; "
+          f"device {device}")
     out: dict[str, float] = {}
     for g in groups:
         r = fused_rate(list(range(g)), args, device)

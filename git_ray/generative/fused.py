@@ -24,6 +24,18 @@ ones, which round differently; tested in float64). Checkpoints are each member's
 
 On a CPU the members train one after another (`train_munit` each, `stacked=False`, the default
 there): a CPU core is busy with one generator, and vmapped grouped convolutions are no faster.
+
+On a GPU a stack is fast when the host keeps ahead of it (bench/bench_fused_generators.py, 64
+paper-size generators on one H200, member-steps/s in total; docs/performance.md, "Fused
+generators"):
+- the draws reach the device from pinned memory (`train.to_device`): a copy from pageable memory
+  waits for the GPU, so the host could not queue a step while the GPU ran the one before;
+- `conv="matmul"` (the default on CUDA): each convolution as unfold + one matrix product, which
+  `vmap` makes one batched matmul for the group (`_MatmulConv2d`), where "grouped" lets `vmap`
+  make it a grouped convolution (cuDNN's kernels for G groups at batch 1): 246 -> 277;
+- `cuda_graph=True` (the default on CUDA): the step captured once as a CUDA graph and replayed
+  (`train.GraphedStep`): thousands of vmapped ops a step cost the host more than the GPU takes
+  to run them: 277 -> 358 (at G = 16, 105 -> 298).
 """
 from __future__ import annotations
 
@@ -31,11 +43,12 @@ import copy
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from git_ray.generative.networks import Munit
-from git_ray.generative.train import MunitRun, StepCallback, train_munit, train_steps
+from git_ray.generative.train import MunitRun, StepCallback, to_device, train_munit, train_steps
 
 # Generator config fields fused members may differ in; everything else (and the image shape) is shared.
 MEMBER_FIELDS = ("seed", "style_weight", "cache")
@@ -45,6 +58,35 @@ def fuse_key(gcfg: Any, image_shape: tuple[Any, ...]) -> tuple:
     """Equal for generators that may train stacked: the config without MEMBER_FIELDS, and the
     shape of the images (channels and size, or what decides them, e.g. source and image_size)."""
     return (tuple(sorted(gcfg.model_dump(exclude=set(MEMBER_FIELDS)).items())), tuple(image_shape))
+
+
+# How a stack computes its convolutions (see the module docstring).
+CONVS = ("grouped", "matmul")
+
+
+class _MatmulConv2d(nn.Conv2d):
+    """An unpadded, undilated, ungrouped `nn.Conv2d` computed as unfold + one matrix product
+    (MUNIT's convolutions are all of that kind: ReflectionPad2d does their padding). Under
+    `vmap` with per-member weights it is one batched matmul per layer."""
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        ho, wo = (x.shape[-2] - kh) // sh + 1, (x.shape[-1] - kw) // sw + 1
+        cols = F.unfold(x, (kh, kw), stride=(sh, sw))  # (B, C*kh*kw, ho*wo)
+        out = weight.flatten(1) @ cols  # (O, C*kh*kw) @ (B, C*kh*kw, L) -> (B, O, L)
+        if bias is not None:
+            out = out + bias[:, None]
+        return out.unflatten(-1, (ho, wo))  # (B, O, ho, wo)
+
+
+def _with_matmul_convs(module: nn.Module) -> nn.Module:
+    """Make every nn.Conv2d in `module` a `_MatmulConv2d` in place (same parameters and names)."""
+    for name, m in module.named_modules():
+        if type(m) is nn.Conv2d:
+            if m.padding != (0, 0) or m.dilation != (1, 1) or m.groups != 1:
+                raise ValueError(f"{name}: conv='matmul' takes unpadded, undilated, ungrouped convolutions")
+            m.__class__ = _MatmulConv2d
+    return module
 
 
 class _Shell(nn.Module):
@@ -65,29 +107,34 @@ def _stack_adam(stacked: torch.optim.Optimizer, members: list[torch.optim.Optimi
         states = [o.state.get(ps[i]) for o, ps in zip(members, params)]
         if not states[0]:  # never stepped (the members are at the same step: all fresh)
             continue
-        stacked.state[p] = {k: v.clone() if k == "step" else torch.stack([s[k] for s in states])
-                            for k, v in states[0].items()}
+        step = states[0]["step"].to(p.device if stacked.defaults["capturable"] else "cpu", copy=True)
+        stacked.state[p] = {k: step if k == "step" else torch.stack([s[k] for s in states])
+                            for k in states[0]}
 
 
 def _unstack_adam(stacked: torch.optim.Optimizer, members: list[torch.optim.Optimizer]) -> None:
     """Member g's Adam moments are slice g of the stacked ones; its lr the stacked lr."""
     for g, o in enumerate(members):
         for group in o.param_groups:
-            group["lr"] = stacked.param_groups[0]["lr"]
+            group["lr"] = float(stacked.param_groups[0]["lr"])  # a float, also from a capturable Adam's tensor
         for p, q in zip(stacked.param_groups[0]["params"], o.param_groups[0]["params"]):
             state = stacked.state.get(p)
-            if state:
-                o.state[q] = {k: v.clone() if k == "step" else v[g].clone() for k, v in state.items()}
+            if state:  # as a lone Adam keeps it: the step count on the CPU
+                o.state[q] = {k: v.to("cpu", copy=True) if k == "step" else v[g].clone() for k, v in state.items()}
 
 
 class StackedMunits:
     """G `MunitRun`s (same `fuse_key`, same step) as one stacked model: the `Nets` that
     `munit_step` and `train_steps` drive. The runs' own modules and optimizers are not trained;
-    `unstack()` copies the stacked state back into them (before each checkpoint and at the end)."""
+    `unstack()` copies the stacked state back into them (before each checkpoint and at the end).
+    `conv`: how the stack computes its convolutions, one of CONVS; `cuda_graph`: replay each step
+    as one CUDA graph (`train.GraphedStep`; the stacked Adams are then capturable)."""
 
-    def __init__(self, runs: list[MunitRun]):
+    def __init__(self, runs: list[MunitRun], conv: str = "grouped", cuda_graph: bool = False):
         if len({r.step for r in runs}) != 1:
             raise ValueError("stacked generators must be at the same step")
+        if conv not in CONVS:
+            raise ValueError(f"conv={conv!r}: choose one of {', '.join(CONVS)}")
         r0 = runs[0]
         self.runs, self.members, self.device, self.step = runs, len(runs), r0.device, r0.step
         g_params, g_buffers = stack_module_state([r.munit for r in runs])  # name -> (G, ...)
@@ -98,9 +145,17 @@ class StackedMunits:
                         **{f"dis.{k}": v for k, v in d_buffers.items()}}
         # The module the members' weights are swapped into: its own weights are never used.
         self.shell = _Shell(copy.deepcopy(r0.munit), copy.deepcopy(r0.dis)).to("meta")
+        if conv == "matmul":
+            _with_matmul_convs(self.shell)
+        if cuda_graph and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph needs a CUDA device, not {self.device}")
+        self.cuda_graph = cuda_graph
         adam = {k: r0.opt_g.defaults[k] for k in ("lr", "betas", "weight_decay")}
-        self.opt_g = torch.optim.Adam(list(g_params.values()), **adam)
-        self.opt_d = torch.optim.Adam(list(d_params.values()), **adam)
+        self.opt_g = torch.optim.Adam(list(g_params.values()), capturable=cuda_graph, **adam)
+        self.opt_d = torch.optim.Adam(list(d_params.values()), capturable=cuda_graph, **adam)
+        if cuda_graph:  # a graph reads lr and Adam's step count on the device, in place (`set_lr` fills lr)
+            for opt in (self.opt_g, self.opt_d):
+                opt.param_groups[0]["lr"] = torch.tensor(adam["lr"], device=self.device)
         _stack_adam(self.opt_g, [r.opt_g for r in runs])
         _stack_adam(self.opt_d, [r.opt_d for r in runs])
         dtype = next(iter(g_params.values())).dtype
@@ -125,8 +180,8 @@ class StackedMunits:
         """Each member's own draws (its sampler and RNG, as alone), stacked: x_a, x_b
         (G, B, C, H, W) in [-1, 1], z_a, z_b (G, B, S)."""
         idx, z = zip(*(r.draw_cpu() for r in self.runs))  # G x (2B,), G x (2B, S)
-        idx = (torch.stack(idx) + self.offsets[:, None]).to(self.device)  # (G, 2B) into x_all
-        z = torch.stack(z).to(self.device)  # (G, 2B, S)
+        idx = to_device(torch.stack(idx) + self.offsets[:, None], self.device)  # (G, 2B) into x_all
+        z = to_device(torch.stack(z), self.device)  # (G, 2B, S)
         x = self.x_all[idx] * 2 - 1  # (G, 2B, C, H, W)
         x_a, x_b = x.chunk(2, dim=1)
         z_a, z_b = z.chunk(2, dim=1)
@@ -157,17 +212,27 @@ class StackedMunits:
 
 
 def train_munits(members: list[tuple[Any, Any, str | None]], *, device: torch.device | str = "cpu",
-                 stacked: bool | None = None, callback: StepCallback | None = None,
+                 stacked: bool | None = None, conv: str | None = None, cuda_graph: bool | None = None,
+                 callback: StepCallback | None = None,
                  log: Callable[[str], None] = print, log_every: int | None = None) -> list[Munit | Exception]:
     """Train G generators, each (data, gcfg, checkpoint_path) exactly as `train_munit` would
     alone; return each member's generator (eval mode) or the error that stopped it (a
     non-finite loss, a checkpoint of another config, ...): one member's failure is its own.
 
     `stacked` (default: on CUDA) trains members of equal `fuse_key` and step as one stacked
-    model; otherwise members train one after another. `callback(step, losses)` runs after every
-    step of every run (losses (G,) for a stack)."""
+    model (its convolutions computed as `conv` says, one of CONVS, default matmul on CUDA and
+    grouped elsewhere; with `cuda_graph`, default on CUDA, each step replayed as one CUDA graph);
+    otherwise members train one after another. `callback(step, losses)` runs after every step of
+    every run (losses (G,) for a stack)."""
     device = torch.device(device)
-    stacked = device.type == "cuda" if stacked is None else stacked
+    cuda = device.type == "cuda"
+    stacked = cuda if stacked is None else stacked
+    conv = conv or ("matmul" if cuda else "grouped")
+    cuda_graph = cuda if cuda_graph is None else cuda_graph
+    if conv not in CONVS:
+        raise ValueError(f"conv={conv!r}: choose one of {', '.join(CONVS)}")
+    if cuda_graph and stacked and not cuda:
+        raise ValueError(f"cuda_graph needs a CUDA device, not {device}")
     out: list[Munit | Exception | None] = [None] * len(members)
     if not stacked:
         for i, (data, gcfg, path) in enumerate(members):
@@ -189,7 +254,8 @@ def train_munits(members: list[tuple[Any, Any, str | None]], *, device: torch.de
         shape = (r.data.channels, r.data.image_size, r.x_train.dtype)
         parts.setdefault((fuse_key(r.gcfg, shape), r.step), []).append(i)
     for part in parts.values():
-        nets: Any = runs[part[0]] if len(part) == 1 else StackedMunits([runs[i] for i in part])
+        nets: Any = (runs[part[0]] if len(part) == 1
+                     else StackedMunits([runs[i] for i in part], conv=conv, cuda_graph=cuda_graph))
         for r in (runs[i] for i in part):
             r.munit.train()
             r.dis.train()

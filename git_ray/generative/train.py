@@ -128,6 +128,7 @@ class Nets(Protocol):
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     w_style: float | Tensor
+    cuda_graph: bool  # replay the step as one CUDA graph (`GraphedStep`; needs capturable optimizers)
 
     def __call__(self, fn: Callable[..., Any], *args: Any) -> Any: ...
     def discriminator_trains(self, on: bool) -> None: ...
@@ -161,8 +162,59 @@ def munit_step(nets: Nets, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Opti
     return {"d": d_loss.detach(), **{k: v.detach() for k, v in losses.items()}}
 
 
+def eager_step(nets: Nets) -> dict[str, Tensor]:
+    """The next draws, then one `munit_step`."""
+    return munit_step(nets, nets.opt_g, nets.opt_d, *nets.draw(), w_style=nets.w_style)
+
+
+class GraphedStep:
+    """`munit_step` captured once as a CUDA graph and replayed every step after: the host then
+    queues one graph launch a step instead of the step's thousands of kernels (a stacked step is
+    host-bound: every vmapped op pays Python and dispatch time). Each step's draws are copied
+    into fixed input tensors first; the first `warmup` steps run eagerly on a side stream (lazy
+    initialisation, cuDNN's autotuning, Adam's state), as CUDA graph capture requires. The
+    optimizers must be capturable, with their lr a tensor (`set_lr` fills it)."""
+
+    def __init__(self, warmup: int = 3):
+        self.warmup, self.eager_steps = warmup, 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.inputs: list[Tensor] = []
+        self.losses: dict[str, Tensor] = {}
+
+    def __call__(self, nets: Nets) -> dict[str, Tensor]:
+        draws = nets.draw()
+        if not self.inputs:
+            self.inputs = [d.clone() for d in draws]
+        for fixed, d in zip(self.inputs, draws):
+            fixed.copy_(d)
+        step = lambda: munit_step(nets, nets.opt_g, nets.opt_d, *self.inputs, w_style=nets.w_style)  # noqa: E731
+        if self.eager_steps < self.warmup:
+            side, main = torch.cuda.Stream(nets.device), torch.cuda.current_stream(nets.device)
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                losses = step()
+            main.wait_stream(side)
+            self.eager_steps += 1
+            return losses
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):  # records the step's kernels; runs none of them
+                self.losses = step()
+        self.graph.replay()
+        return {k: v.clone() for k, v in self.losses.items()}  # the next replay overwrites them
+
+
 # ---------------------------------------------------------------------------------------------
 # One generator's training state, checkpoints
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A step's host-drawn tensor on the device without a host sync: a plain copy from pageable
+    memory waits for the GPU to finish the work queued before it, so the host could not queue
+    step k+1 while the GPU runs step k. From pinned memory the copy is queued like a kernel."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _checkpoint_bytes(state: dict[str, Any]) -> bytes:
@@ -187,6 +239,7 @@ class MunitRun:
     It is also the `Nets` of a lone run: `run(fn, *args)` is fn(munit, dis, *args)."""
 
     members = 1
+    cuda_graph = False
 
     def __init__(self, data: Any, gcfg: Any, *, device: torch.device | str = "cpu",
                  checkpoint_path: str | None = None, log: Callable[[str], None] = print):
@@ -235,8 +288,8 @@ class MunitRun:
     def draw(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """x_a, x_b (B, C, H, W) in [-1, 1] and z_a, z_b (B, S) on the device."""
         idx, z = self.draw_cpu()
-        z = z.to(self.device)  # (2B, S)
-        x = self.x_train[idx.to(self.device)] * 2 - 1  # (2B, C, H, W) in [-1, 1]
+        z = to_device(z, self.device)  # (2B, S)
+        x = self.x_train[to_device(idx, self.device)] * 2 - 1  # (2B, C, H, W) in [-1, 1]
         x_a, x_b = x.chunk(2)
         z_a, z_b = z.chunk(2)
         return x_a, x_b, z_a, z_b
@@ -263,29 +316,37 @@ class MunitRun:
 def set_lr(lr: float, *optimizers: torch.optim.Optimizer) -> None:
     for opt in optimizers:
         for group in opt.param_groups:
-            group["lr"] = lr
+            if isinstance(group["lr"], Tensor):  # a capturable optimizer's: a graph reads it in place
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
 
 
 def train_steps(nets: Nets, gcfg: Any, *, callback: StepCallback | None = None,
                 log: Callable[[str], None] = print, log_every: int | None = None,
                 nan_check_every: int = NAN_CHECK_EVERY) -> list[NonFiniteLossError | Exception | None]:
     """Train `nets` from its step to `gcfg.steps`: the lr schedule, each member's own draws, one
-    `munit_step`, checkpoints every `gcfg.checkpoint_every` steps and at the end, a log line
-    every `log_every` steps (default 10% of training), `callback(step, losses)` after every step.
+    `munit_step` (replayed as a CUDA graph where `nets.cuda_graph`), checkpoints every
+    `gcfg.checkpoint_every` steps and at the end, a log line every `log_every` steps (default 10%
+    of training), `callback(step, losses)` after every step.
     Returns each member's error (a non-finite loss, or a failed checkpoint write of a stacked
     member), None for members that finished; a stopped member writes no further checkpoint and
     the others go on."""
     G = nets.members
     if nets.device.type == "cuda":  # fixed shapes for thousands of steps: cuDNN picks its kernels once
         torch.backends.cudnn.benchmark = True  # (16 stacked paper-size generators on an H100: 1.15x)
+        # float32 matrix products in TF32, as cuDNN's convolutions are by default: a stack's
+        # convolutions are matrix products (fused.CONVS)
+        torch.set_float32_matmul_precision("high")
     alive, errors = [True] * G, [None] * G
     bad_step = torch.full((G,), -1, dtype=torch.long, device=nets.device)  # (G,) first non-finite step
     log_every = log_every or max(1, gcfg.steps // 10)
     every = max(1, nan_check_every)
     t0, start = time.perf_counter(), nets.step
+    step = GraphedStep() if nets.cuda_graph else eager_step
     while nets.step < gcfg.steps and any(alive):
         set_lr(lr_at(gcfg.lr, nets.step), nets.opt_g, nets.opt_d)
-        losses = munit_step(nets, nets.opt_g, nets.opt_d, *nets.draw(), w_style=nets.w_style)
+        losses = step(nets)
         finite = torch.isfinite(losses["d"] + losses["g"]).reshape(G)  # (G,), on the device
         bad_step = torch.where(~finite & (bad_step < 0), nets.step, bad_step)
         nets.step += 1
