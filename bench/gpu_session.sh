@@ -12,7 +12,8 @@
 #   equality   bench.fused_equality: 3 members fused (grouped cuDNN convolutions) vs alone, float32,
 #              TF32 off: loss and weight differences, test accuracy both ways -> equality.json
 #   generators bench_fused_generators: G = 1, 4, 16, 64 paper-size MUNITs (dim 64, 4 residual
-#              blocks, batch 1, 28 px) stacked in one process -> generators.json
+#              blocks, batch 1, 28 px) stacked in one process, as training stacks them on CUDA
+#              (matmul convolutions, each step one CUDA graph) -> generators.json
 #   gpu_share  bench_gpu_share (the fixed memory cap): classifiers packed 1 and 4 processes,
 #              generators 1 and 4 processes, evaluation, eKLD, GIT step; its projection takes the
 #              best of the packed and the fused generator rates (generators.json) -> gpu_share.json
