@@ -16,8 +16,8 @@ run every layer once for all of them:
   and the same step: members resumed at different steps train in separate stacks, one after
   another, each from its own checkpoint).
 
-Results equal separate `train_munit` runs up to float rounding (vmapped convolutions are grouped
-ones, which round differently; tested in float64). Checkpoints are each member's own, in
+Results equal separate `train_munit` runs up to float rounding (vmapped convolutions become
+grouped convolutions or batched matmuls, which round differently; both tested in float64). Checkpoints are each member's own, in
 `train_munit`'s format (the stacked weights and Adam moments are copied back first), so resume,
 `git-ray verify` and the cache see no difference. A member whose loss turns NaN / inf stops there
 (its checkpoint is not written again) while the others go on.
