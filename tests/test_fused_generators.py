@@ -144,7 +144,7 @@ def test_cuda_graph_needs_a_cuda_device() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_stack_replayed_as_a_cuda_graph_trains_as_eagerly_resumes_and_writes_lone_checkpoints(tmp_path, float64) -> None:
+def test_cuda_graph_stack_trains_as_eagerly_resumes_and_writes_lone_checkpoints(tmp_path, float64) -> None:
     # 3 eager warm-up steps, the capture, then replays. Float64: the eager and the graphed stack
     # may differ by summation order (cuBLAS keeps a workspace per stream), which float32 GAN
     # training amplifies to percents within 9 steps; in float64 the losses stay within 1e-7 (on

@@ -17,9 +17,9 @@ run every layer once for all of them:
   another, each from its own checkpoint).
 
 Results equal separate `train_munit` runs up to float rounding (vmapped convolutions become
-grouped convolutions or batched matmuls, which round differently; both tested in float64). Checkpoints are each member's own, in
-`train_munit`'s format (the stacked weights and Adam moments are copied back first), so resume,
-`git-ray verify` and the cache see no difference. A member whose loss turns NaN / inf stops there
+grouped convolutions or batched matmuls, which round differently; both tested in float64).
+Checkpoints are each member's own, in `train_munit`'s format (the stacked weights and Adam
+moments are copied back first), so resume, `git-ray verify` and the cache see no difference. A member whose loss turns NaN / inf stops there
 (its checkpoint is not written again) while the others go on.
 
 On a CPU the members train one after another (`train_munit` each, `stacked=False`, the default
