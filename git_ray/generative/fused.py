@@ -19,8 +19,9 @@ run every layer once for all of them:
 Results equal separate `train_munit` runs up to float rounding (vmapped convolutions become
 grouped convolutions or batched matmuls, which round differently; both tested in float64).
 Checkpoints are each member's own, in `train_munit`'s format (the stacked weights and Adam
-moments are copied back first), so resume, `git-ray verify` and the cache see no difference. A member whose loss turns NaN / inf stops there
-(its checkpoint is not written again) while the others go on.
+moments are copied back first), so resume, `git-ray verify` and the cache see no difference. A
+member whose loss turns NaN / inf stops there (its checkpoint is not written again) while the
+others go on.
 
 On a CPU the members train one after another (`train_munit` each, `stacked=False`, the default
 there): a CPU core is busy with one generator, and vmapped grouped convolutions are no faster.
@@ -79,6 +80,14 @@ class _MatmulConv2d(nn.Conv2d):
         return out.unflatten(-1, (ho, wo))  # (B, O, ho, wo)
 
 
+def _check_stack_options(conv: str, cuda_graph: bool, device: torch.device) -> None:
+    """ValueError for a `conv` not in CONVS, or a CUDA graph asked for off CUDA."""
+    if conv not in CONVS:
+        raise ValueError(f"conv={conv!r}: choose one of {', '.join(CONVS)}")
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph needs a CUDA device, not {device}")
+
+
 def _with_matmul_convs(module: nn.Module) -> nn.Module:
     """Make every nn.Conv2d in `module` a `_MatmulConv2d` in place (same parameters and names)."""
     for name, m in module.named_modules():
@@ -133,9 +142,8 @@ class StackedMunits:
     def __init__(self, runs: list[MunitRun], conv: str = "grouped", cuda_graph: bool = False):
         if len({r.step for r in runs}) != 1:
             raise ValueError("stacked generators must be at the same step")
-        if conv not in CONVS:
-            raise ValueError(f"conv={conv!r}: choose one of {', '.join(CONVS)}")
         r0 = runs[0]
+        _check_stack_options(conv, cuda_graph, r0.device)
         self.runs, self.members, self.device, self.step = runs, len(runs), r0.device, r0.step
         g_params, g_buffers = stack_module_state([r.munit for r in runs])  # name -> (G, ...)
         d_params, d_buffers = stack_module_state([r.dis for r in runs])
@@ -147,8 +155,6 @@ class StackedMunits:
         self.shell = _Shell(copy.deepcopy(r0.munit), copy.deepcopy(r0.dis)).to("meta")
         if conv == "matmul":
             _with_matmul_convs(self.shell)
-        if cuda_graph and self.device.type != "cuda":
-            raise ValueError(f"cuda_graph needs a CUDA device, not {self.device}")
         self.cuda_graph = cuda_graph
         adam = {k: r0.opt_g.defaults[k] for k in ("lr", "betas", "weight_decay")}
         self.opt_g = torch.optim.Adam(list(g_params.values()), capturable=cuda_graph, **adam)
@@ -229,10 +235,7 @@ def train_munits(members: list[tuple[Any, Any, str | None]], *, device: torch.de
     stacked = cuda if stacked is None else stacked
     conv = conv or ("matmul" if cuda else "grouped")
     cuda_graph = cuda if cuda_graph is None else cuda_graph
-    if conv not in CONVS:
-        raise ValueError(f"conv={conv!r}: choose one of {', '.join(CONVS)}")
-    if cuda_graph and stacked and not cuda:
-        raise ValueError(f"cuda_graph needs a CUDA device, not {device}")
+    _check_stack_options(conv, cuda_graph and stacked, device)  # before any work
     out: list[Munit | Exception | None] = [None] * len(members)
     if not stacked:
         for i, (data, gcfg, path) in enumerate(members):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 import os
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -162,9 +162,10 @@ def munit_step(nets: Nets, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Opti
     return {"d": d_loss.detach(), **{k: v.detach() for k, v in losses.items()}}
 
 
-def eager_step(nets: Nets) -> dict[str, Tensor]:
-    """The next draws, then one `munit_step`."""
-    return munit_step(nets, nets.opt_g, nets.opt_d, *nets.draw(), w_style=nets.w_style)
+def eager_step(nets: Nets, draws: Sequence[Tensor] | None = None) -> dict[str, Tensor]:
+    """One `munit_step` on `draws` (x_a, x_b, z_a, z_b; default: the next draws)."""
+    return munit_step(nets, nets.opt_g, nets.opt_d, *(nets.draw() if draws is None else draws),
+                      w_style=nets.w_style)
 
 
 class GraphedStep:
@@ -187,19 +188,18 @@ class GraphedStep:
             self.inputs = [d.clone() for d in draws]
         for fixed, d in zip(self.inputs, draws):
             fixed.copy_(d)
-        step = lambda: munit_step(nets, nets.opt_g, nets.opt_d, *self.inputs, w_style=nets.w_style)  # noqa: E731
         if self.eager_steps < self.warmup:
             side, main = torch.cuda.Stream(nets.device), torch.cuda.current_stream(nets.device)
             side.wait_stream(main)
             with torch.cuda.stream(side):
-                losses = step()
+                losses = eager_step(nets, self.inputs)
             main.wait_stream(side)
             self.eager_steps += 1
             return losses
         if self.graph is None:
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):  # records the step's kernels; runs none of them
-                self.losses = step()
+                self.losses = eager_step(nets, self.inputs)
         self.graph.replay()
         return {k: v.clone() for k, v in self.losses.items()}  # the next replay overwrites them
 
