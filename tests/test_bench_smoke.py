@@ -257,6 +257,33 @@ def test_coverage_breakdown_rows_and_bins_read_a_copier():
     assert all(b["own_low"] <= b["generated"][1] <= b["own_high"] for b in bins)  # a copier reads its own
 
 
+def test_coverage_breakdown_reads_the_draw_back_from_the_code_that_holds_it():
+    """A copier's content code is its image, so the background level reads back from it almost
+    exactly; its style code is constant and reads back nothing. A generator whose style encoder
+    reads the background level off the border (and whose content holds nothing) reads the other way."""
+    from bench import coverage_breakdown as cb
+    from git_ray.generative.coverage import MEASURERS, CoverageSample, background_level
+    from git_ray.registry import NUISANCES
+
+    class _LevelStyle(_Copier):
+        def __init__(self):
+            super().__init__()
+            del self.content_encoder  # a code that holds nothing
+            self.content_encoder = lambda x: torch.zeros(len(x), 2, 3, 3)
+
+        def style_encoder(self, x):  # x in [-1, 1]
+            return background_level((x + 1) / 2)[:, None].expand(-1, self.style_dim)
+
+    data = _digits_background()
+    readings = {}
+    for name, munit in (("copier", _Copier()), ("level", _LevelStyle())):
+        sample = CoverageSample(munit, data, MEASURERS.build("background"), NUISANCES.build("background"),
+                                device="cpu", seed=0, n=80)
+        readings[name] = cb.code_readings(sample)
+    assert readings["copier"]["content"] > 0.9 and readings["copier"]["style"] < 0.05, readings
+    assert readings["level"]["style"] > 0.9 and readings["level"]["content"] < 0.05, readings
+
+
 def test_coverage_breakdown_prints_every_row_and_refuses_bad_input(tmp_path, capsys):
     """The bench end to end on a saved (untrained) generator; a nuisance with nothing to measure,
     a file that is no generator and a generator for other images each exit 2 before any work."""
@@ -279,6 +306,8 @@ def test_coverage_breakdown_prints_every_row_and_refuses_bad_input(tmp_path, cap
     for row in ("random styles", "encoded, other", "encoded, same clean", "copier", "nuisance on source", "noise floor"):
         assert re.search(rf"^  {row} +\d\.\d{{3}} +\d\.\d{{3}}$", out, re.M), out
     assert len(re.findall(r"^ +\d\.\d\d-\d\.\d\d +10 ", out, re.M)) == 2, out
+    for code in ("style code", "content code"):
+        assert re.search(rf"^  {code} +-?\d+\.\d{{3}}$", out, re.M), out
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     for argv, says in (([str(paths["ok"]), "dataset.nuisance=none"], "no parameter to measure"),
                        ([str(tmp_path / "junk.pt")], "cannot load a generator"),
