@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -48,6 +49,13 @@ def check_writable(location: str, key: str) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"{key} {location!r}: {str(probe)!r} is not writable by this user; "
                           f"choose a folder you can write to for {key}, or fix its permissions")
+    # Permission bits do not tell all (root passes os.access everywhere; /proc, /sys or a
+    # read-only mount refuse new entries whatever the bits): create one and remove it.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".git_ray-probe-", dir=probe))
+    except OSError as err:
+        raise ConfigError(f"{key} {location!r}: cannot create anything in {str(probe)!r} "
+                          f"({err.strerror or _short(err)}); choose a folder you can write to for {key}") from None
 
 
 def _check_object_store(location: str, key: str) -> None:

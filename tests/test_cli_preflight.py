@@ -67,6 +67,15 @@ def test_train_out_not_writable(tmp_path, capsys, monkeypatch):
     fails(["train", DIGITS, "--out", str(locked / "out")], capsys, tmp_path, "--out", "locked", "not writable")
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_train_out_where_nothing_can_be_created(tmp_path, capsys):
+    # /proc passes every permission check for root yet refuses new entries: the probe finds it
+    # before the trial trains (it used to train, then fail on the write with a traceback).
+    fails(["train", DIGITS, "--out", "/proc/git_ray_out"], capsys, tmp_path, "--out", "/proc",
+          "cannot create anything")
+    assert not list(Path("/proc").glob(".git_ray-probe-*"))
+
+
 def test_generator_out_is_a_file(tmp_path, capsys):
     (tmp_path / "gen").write_text("x")
     fails(["generator", DIGITS_GIT, "--out", str(tmp_path / "gen")], capsys, tmp_path, "--out", "is a file")
