@@ -76,6 +76,13 @@ def test_train_out_where_nothing_can_be_created(tmp_path, capsys):
     assert not list(Path("/proc").glob(".git_ray-probe-*"))
 
 
+def test_train_generator_cache_is_a_file(tmp_path, capsys):
+    # A GIT trial's generator.cache is checked like --out (it used to fail on its first write)
+    (tmp_path / "cache").write_text("x")
+    fails(["train", DIGITS_GIT, "--out", str(tmp_path / "out"), "--set", f"generator.cache={tmp_path / 'cache'}"],
+          capsys, tmp_path, "generator.cache", "is a file")
+
+
 def test_generator_out_is_a_file(tmp_path, capsys):
     (tmp_path / "gen").write_text("x")
     fails(["generator", DIGITS_GIT, "--out", str(tmp_path / "gen")], capsys, tmp_path, "--out", "is a file")
