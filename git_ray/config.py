@@ -173,8 +173,12 @@ def check_downsample(d: DatasetConfig, g: GeneratorConfig) -> None:
 
 
 CPU_FORWARD_BATCH = 256
+# (section, field), None by default: left out of the trial id when None. The generator cache's
+# fingerprint keeps its own list (generative/cache.py: ADDED_FIELDS) without style_weight: that
+# field entered generator fingerprints as soon as it was added, so leaving it out now would lose
+# every generator cached since. The two lists differ on purpose.
 ADDED_AFTER_0_1 = (("eval", "val_per_class"), ("generator", "style_weight"), ("generator", "dis_layers"),
-                   ("generator", "dis_dim"))  # (section, field), None by default
+                   ("generator", "dis_dim"))
 
 
 class EvalConfig(Strict):
