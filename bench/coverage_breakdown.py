@@ -28,8 +28,9 @@ Last, which code holds the source's own draw: how much of the sources' own readi
 variance, as the cross-validated R^2 of a ridge regression) can be read back linearly from the
 style code each source is encoded to, and from its content code. A generator that has learned
 the nuisance reads it into its style almost fully (the glyphs study's background generators:
-0.93-0.95; their content codes keep 0.33-0.43 of it too, which their decoders do not follow); the
-dilation generators' styles read 0.26-0.33 of the draw while their content codes hold 0.40-0.47.
+0.93-0.95; their content codes keep 0.33-0.43 of it too, yet their coverage says the decoders
+take the level from the style); the dilation generators' styles read 0.26-0.33 of the draw
+while their content codes hold 0.40-0.47.
 """
 from __future__ import annotations
 

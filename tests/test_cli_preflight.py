@@ -73,7 +73,15 @@ def test_train_out_where_nothing_can_be_created(tmp_path, capsys):
     # before the trial trains (it used to train, then fail on the write with a traceback).
     fails(["train", DIGITS, "--out", "/proc/git_ray_out"], capsys, tmp_path, "--out", "/proc",
           "cannot create anything")
-    assert not list(Path("/proc").glob(".git_ray-probe-*"))
+
+
+def test_writable_probe_leaves_nothing_behind(tmp_path):
+    from git_ray.preflight import check_writable
+
+    check_writable(str(tmp_path / "new" / "deeper"), "--out")  # probes in tmp_path, the part that exists
+    (tmp_path / "there").mkdir()
+    check_writable(str(tmp_path / "there"), "--out")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["there"]
 
 
 def test_train_generator_cache_is_a_file(tmp_path, capsys):
