@@ -136,9 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"   MUNIT dim {args.dim}, {args.n_res} residual blocks, MLP {args.mlp_dim}, batch {args.batch}, on "
           f"{args.images:,} images x 28x28x1 per member; {args.steps} timed steps after {args.warmup}; "
           f"stacking {args.stacking}, conv {args.conv or 'as training does'}, autocast {args.autocast}, "
-          f"CUDA graph "
-          f"{'as training does' if args.cuda_graph is None else args.cuda_graph}; "
-          f"device {device}")
+          f"CUDA graph {'as training does' if args.cuda_graph is None else args.cuda_graph}; device {device}")
     out: dict[str, float] = {}
     for g in groups:
         r = fused_rate(list(range(g)), args, device)

@@ -111,8 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_trial_config(args.config, args.set)
     out = args.out or str(Path("results") / Path(args.config).stem)
     preflight.check_writable(out, "--out")
-    if cfg.augment.git and cfg.generator.cache:  # else its generator goes under --out
-        preflight.check_writable(cfg.generator.cache, "generator.cache")
+    preflight.check_generator_caches([cfg])
     preflight.check_trial_config(cfg, args.device)
     log = (lambda m: None) if args.quiet else (lambda m: print(f"[git-ray] {m}", flush=True))
     from git_ray.results import write_trial

@@ -157,14 +157,19 @@ def sweep_sample_configs(spec: "SweepSpec") -> list[TrialConfig]:
     return [spec.trial_config({**p, **c}) for p in points for c in corners]
 
 
+def check_generator_caches(configs: Iterable[TrialConfig]) -> None:
+    """Each GIT config's `generator.cache` writable, where one is set (unset: the generator goes
+    under the results folder, checked as that)."""
+    for cache in sorted({c.generator.cache for c in configs if c.augment.git and c.generator.cache}):
+        check_writable(cache, "generator.cache")
+
+
 def check_sweep_locations(spec: "SweepSpec", num_cpus: int | None = None) -> None:
     """Where a sweep writes: --num-cpus sensible, storage, generator caches and the study's
     folder writable (what a dry run needs too: it reads the storage)."""
     check_num_cpus(num_cpus)
     check_writable(spec.storage, "storage")
-    for cache in sorted({c.generator.cache for c in sweep_sample_configs(spec)
-                         if c.augment.git and c.generator.cache}):
-        check_writable(cache, "generator.cache")
+    check_generator_caches(sweep_sample_configs(spec))
     study = spec.study_storage
     if study and study.startswith("sqlite:///"):
         check_writable(str(Path(study.removeprefix("sqlite:///")).parent), "search.study_storage")
