@@ -114,6 +114,20 @@ def test_render_is_deterministic_and_sizes_are_parameters():
     assert not np.array_equal(a["x_train"], other["x_train"])
 
 
+def test_recipe_and_warp_rebuild_the_pool():
+    """render_recipe's masters and affines, warped, are the pool's images pixel for pixel (the
+    recipe a bench re-renders from is the pool's own), and every image's master is of its class."""
+    a = glyphs.render_pool(4, 2)
+    masters, per_class = glyphs.render_masters(glyphs.RenderParams())
+    for split, n in zip(glyphs.SPLITS, (4, 2)):
+        index, theta = glyphs.render_recipe(per_class, n, glyphs.RenderParams(), glyphs.split_generator(split))
+        assert index.shape == (49 * n,) and theta.shape == (49 * n, 2, 3)
+        images = glyphs.warp(masters, index, theta, glyphs.RenderParams())
+        assert images.dtype == torch.uint8 and np.array_equal(images.numpy(), a[f"x_{split}"]), split
+        owner = {m: c for c, ms in enumerate(per_class) for m in ms}
+        assert [owner[m] for m in index.tolist()] == a[f"y_{split}"].tolist()
+
+
 def test_second_load_reads_the_cache_without_rendering(small_pool, monkeypatch):
     calls = count_renders(monkeypatch)
     first = SOURCES.build("glyphs", root=None, image_size=None)

@@ -80,6 +80,7 @@ POOL_SEED = 20220317  # the pool's own generation seed: the pool is a fixed data
 TRAIN_PER_CLASS = 6000  # 80% (after the validation split) is K49-LT's largest class, 4,800
 TEST_PER_CLASS = 700
 CACHE_VERSION = 1  # bump when the rendering changes in a way the parameters below do not capture
+SPLITS = ("train", "test")  # in the order of their seeds (POOL_SEED * 10 + position)
 CHUNK = 4096  # images per batched warp; part of the recipe (the draw order follows it)
 ENV_CACHE_DIR = "GIT_RAY_CACHE_DIR"
 
@@ -227,7 +228,7 @@ def render_masters(params: RenderParams) -> tuple[Tensor, list[list[int]]]:
     return masters.contiguous(), per_class
 
 
-def _thetas(n: int, params: RenderParams, gen: torch.Generator) -> Tensor:
+def draw_affines(n: int, params: RenderParams, gen: torch.Generator) -> Tensor:
     """(n, 2, 3) matrices mapping output coordinates to master coordinates ([-1, 1] both)."""
     u = torch.rand(n, 6, generator=gen)  # (n, 6) uniforms: scale, aspect, slant, angle, dx, dy
     lo, hi = params.scale
@@ -259,31 +260,54 @@ def _grid(theta: Tensor, size: int) -> Tensor:
     return grid
 
 
-def _render_split(masters: Tensor, per_class: list[list[int]], n_per_class: int, params: RenderParams,
-                  gen: torch.Generator) -> np.ndarray:
-    """n_per_class images of every class, class-major. uint8 (C * n, S, S)."""
-    C, S = len(per_class), params.image_size
-    W = S * params.supersample
+def render_recipe(per_class: list[list[int]], n_per_class: int, params: RenderParams,
+                  gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """What every image of a split is warped from, class-major: the index of its master (N,)
+    into `render_masters`'s masters and its affine (N, 2, 3), drawn from `gen` chunk by chunk
+    (a master for each image of the chunk, then their affines: the draw order is part of the
+    recipe, so the pool is). `bench/stroke_confound.py` warps the same affines from other masters."""
+    C = len(per_class)
     options = torch.tensor([len(p) for p in per_class], dtype=torch.float64)
     table = torch.full((C, int(options.max())), -1, dtype=torch.long)
     for c, p in enumerate(per_class):
         table[c, :len(p)] = torch.tensor(p)
     labels = torch.arange(C).repeat_interleave(n_per_class)  # (N,)
-    out = torch.empty((C * n_per_class, S, S), dtype=torch.uint8)
+    index, theta = [], []
     for start in range(0, len(labels), CHUNK):
         y = labels[start:start + CHUNK]  # (n,)
-        n = len(y)
-        pick = (torch.rand(n, generator=gen, dtype=torch.float64) * options[y]).long()  # (n,)
-        src = masters[table[y, pick]]  # (n, 1, M, M)
-        grid = _grid(_thetas(n, params, gen), W)  # (n, W, W, 2)
-        img = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=False)  # (n, 1, W, W)
-        if params.supersample > 1:
-            img = F.avg_pool2d(img, params.supersample)  # (n, 1, S, S): area downsampling
-        img = img.squeeze(1).mul_(255.0).round_()  # (n, S, S); the warp never leaves [0, 1]
-        img.masked_fill_(img < params.zero_below, 0.0)  # the faint halo: background exactly 0
-        img[:, 0, :] = img[:, -1, :] = img[:, :, 0] = img[:, :, -1] = 0.0  # border always background
-        out[start:start + n] = img.clamp_(0.0, 255.0)
+        pick = (torch.rand(len(y), generator=gen, dtype=torch.float64) * options[y]).long()  # (n,)
+        index.append(table[y, pick])
+        theta.append(draw_affines(len(y), params, gen))  # (n, 2, 3)
+    return torch.cat(index), torch.cat(theta)
+
+
+def warp(masters: Tensor, index: Tensor, theta: Tensor, params: RenderParams) -> Tensor:
+    """uint8 (n, S, S): masters[index] (n,) warped by theta (n, 2, 3), area-downsampled, faint
+    values set to 0 and the border cleared, as every pool image is made."""
+    W = params.image_size * params.supersample
+    img = F.grid_sample(masters[index], _grid(theta, W), mode="bilinear", padding_mode="zeros",
+                        align_corners=False)  # (n, 1, W, W)
+    if params.supersample > 1:
+        img = F.avg_pool2d(img, params.supersample)  # (n, 1, S, S): area downsampling
+    img = img.squeeze(1).mul_(255.0).round_()  # (n, S, S); the warp never leaves [0, 1]
+    img.masked_fill_(img < params.zero_below, 0.0)  # the faint halo: background exactly 0
+    img[:, 0, :] = img[:, -1, :] = img[:, :, 0] = img[:, :, -1] = 0.0  # border always background
+    return img.clamp_(0.0, 255.0).to(torch.uint8)
+
+
+def split_generator(split: str) -> torch.Generator:
+    """The random stream a split of the pool is drawn from (independent per split)."""
+    return torch.Generator().manual_seed(POOL_SEED * 10 + SPLITS.index(split))
+
+
+def _render_split(masters: Tensor, per_class: list[list[int]], n_per_class: int, params: RenderParams,
+                  gen: torch.Generator) -> np.ndarray:
+    """n_per_class images of every class, class-major. uint8 (C * n, S, S)."""
+    index, theta = render_recipe(per_class, n_per_class, params, gen)
+    S = params.image_size
+    out = torch.empty((len(index), S, S), dtype=torch.uint8)
+    for start in range(0, len(index), CHUNK):
+        out[start:start + CHUNK] = warp(masters, index[start:start + CHUNK], theta[start:start + CHUNK], params)
     return out.numpy()
 
 
@@ -294,9 +318,8 @@ def render_pool(train_per_class: int = TRAIN_PER_CLASS, test_per_class: int = TE
         raise ValueError("master_size must be a multiple of master_warp")
     masters, per_class = render_masters(params)
     out = {}
-    for tag, (split, n) in enumerate((("train", train_per_class), ("test", test_per_class))):
-        gen = torch.Generator().manual_seed(POOL_SEED * 10 + tag)  # independent streams per split
-        out[f"x_{split}"] = _render_split(masters, per_class, n, params, gen)
+    for split, n in zip(SPLITS, (train_per_class, test_per_class)):
+        out[f"x_{split}"] = _render_split(masters, per_class, n, params, split_generator(split))
         out[f"y_{split}"] = np.repeat(np.arange(NUM_CLASSES, dtype=np.uint8), n)
     return out
 
