@@ -387,3 +387,59 @@ def test_dilation_bound_prints_its_rows_and_refuses_other_nuisances(tmp_path, ca
         with pytest.raises(SystemExit) as exc:
             db.main(["--sweep", str(sweep), *argv])
         assert exc.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_stroke_confound_rows_measure_what_they_say():
+    """bench/stroke_confound: its sources are the pool's own images; re-stroking keeps the
+    drawing and its class and only changes the kernel; with stroke width as the style the
+    distance lies between the floor and a copier, and a pool drawn at one stroke kernel only
+    (nothing to confound) puts that row on the floor."""
+    from dataclasses import replace
+
+    from bench import stroke_confound as sc
+    from git_ray.data import glyphs
+    from git_ray.data.nuisances import Dilation
+    from git_ray.generative.coverage import coverage_from_values
+
+    pool = sc.Pool(4)
+    sel = torch.arange(0, 196, 2)  # 2 images of each class
+    expect = torch.from_numpy(glyphs.render_pool(4, 2)["x_train"][sel.numpy()]).float().unsqueeze(1) / 255
+    assert torch.equal(pool.image(pool.index[sel], pool.theta[sel]), expect)
+    g = torch.Generator().manual_seed(0)
+    owner = {m: c for c, ms in enumerate(pool.per_class) for m in ms}
+    again = torch.cat([pool.restroked(pool.index[sel], g) for _ in range(20)])
+    assert torch.equal(again % pool.drawings, (pool.index[sel] % pool.drawings).repeat(20))
+    assert set(pool.kernel_of(again).tolist()) == set(range(pool.kernels))
+    assert [owner[m] for m in again.tolist()] == pool.labels[sel].repeat(20).tolist()
+    anyone = pool.any_master(pool.labels[sel], g)
+    assert [owner[m] for m in anyone.tolist()] == pool.labels[sel].tolist()
+
+    def scores(p):
+        rows, true = sc.confound_rows(p, sel, Dilation(1.0), styles=16, true_draws=64,
+                                      g=torch.Generator().manual_seed(1))
+        return {k: coverage_from_values(v, true)["coverage_distance"] for k, v in rows.items()}
+
+    s = scores(pool)
+    assert s["noise floor"] + 0.05 < s["stroke as style"] < s["copier"] - 0.05, s
+    one = scores(sc.Pool(4, replace(glyphs.RenderParams(), stroke_kernels=(1,))))
+    assert abs(one["stroke as style"] - one["noise floor"]) < 0.03, one
+
+
+def test_stroke_confound_prints_its_rows_and_refuses_other_data(tmp_path, capsys):
+    """The bench end to end at a tiny size; another nuisance or source exits 2 before any work."""
+    from bench import stroke_confound as sc
+    from tiny_configs import TINY_BASE, sweep_file
+
+    glyph_sweep = str(ROOT / "sweeps" / "glyphs_git_cpu.yaml")
+    sc.main(["--sweep", glyph_sweep, "--per-class", "4", "--n", "20", "--styles", "4", "--true-draws", "8"])
+    out = capsys.readouterr().out
+    for row in ("copier", "stroke as style", "all but glyph as style", "noise floor"):
+        assert re.search(rf"^  {row} +\d\.\d{{3}} +\d\.\d{{3}}$", out, re.M), out
+    assert re.search(r"^  stroke as style, sources of stroke kernel \+1 \(n=\d+\): \d\.\d{3}$", out, re.M), out
+    digits = str(sweep_file(tmp_path, "sc", base=TINY_BASE))
+    for argv, says in ((["--sweep", digits], "glyphs only"), (["--sweep", glyph_sweep, "dataset.nuisance=background"],
+                                                              "glyphs only"),
+                       (["--sweep", glyph_sweep, "--n", "0"], "at least 1")):
+        with pytest.raises(SystemExit) as exc:
+            sc.main(argv)
+        assert exc.value.code == 2 and says in capsys.readouterr().err
