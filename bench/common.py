@@ -49,6 +49,16 @@ def add_coverage_args(p: argparse.ArgumentParser, n_help: str) -> None:
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the base")
 
 
+def print_coverage_rows(rows: dict[str, Tensor], true: Tensor, width: int) -> None:
+    """A coverage bench's table: each row's distance and reach against the true values (n, T)."""
+    from git_ray.generative.coverage import coverage_from_values
+
+    print(f"  {'row':{width}s} {'distance':>8s} {'reach':>6s}")
+    for name, values in rows.items():
+        s = coverage_from_values(values, true)
+        print(f"  {name:{width}s} {s['coverage_distance']:8.3f} {s['coverage_reach']:6.3f}")
+
+
 # ---------------------------------------------------------------------------------------------
 # The machine
 

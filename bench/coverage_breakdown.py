@@ -44,11 +44,11 @@ from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from bench.common import add_coverage_args, sweep_base
+from bench.common import add_coverage_args, print_coverage_rows, sweep_base
 from git_ray.config import ConfigError
 from git_ray.data import build_dataset
 from git_ray.generative import load_generator
-from git_ray.generative.coverage import MEASURERS, CoverageSample, coverage_from_values, source_distances
+from git_ray.generative.coverage import MEASURERS, CoverageSample, source_distances
 from git_ray.registry import NUISANCES
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -137,10 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         rows, true = reference_rows(sample, args.styles, args.true_draws, data.x_train)
     print(f"{args.generator} on {cfg.dataset.nuisance} ({' '.join(args.overrides) or 'the base'}): "
           f"{args.n} sources, {args.styles} styles, seed {args.seed}")
-    print(f"  {'row':20s} {'distance':>8s} {'reach':>6s}")
-    for name, values in rows.items():
-        s = coverage_from_values(values, true)
-        print(f"  {name:20s} {s['coverage_distance']:8.3f} {s['coverage_reach']:6.3f}")
+    print_coverage_rows(rows, true, width=20)
     print(f"  by the source's own reading ({args.bins} bins; percentiles {QUANTILES}, medians over the bin)")
     print(f"  {'own reading':>13s} {'n':>4s}  {'generated':>18s}  {'true':>18s}  {'distance':>8s}")
     for b in by_source_bins(rows["random styles"], true, rows["copier"][:, 0], args.bins):

@@ -32,7 +32,7 @@ import sys
 import torch
 from torch import Tensor
 
-from bench.common import add_coverage_args, sweep_base
+from bench.common import add_coverage_args, print_coverage_rows, sweep_base
 from git_ray.config import ConfigError
 from git_ray.data import glyphs
 from git_ray.data.nuisances import Dilation
@@ -119,10 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, true = confound_rows(pool, sel, nuisance, styles=args.styles, true_draws=args.true_draws, g=g)
     print(f"dilation on the glyphs pool (strength {cfg.dataset.nuisance_strength}): {args.n} training images "
           f"as sources, {args.styles} styles, {args.true_draws} true draws, seed {args.seed}")
-    print(f"  {'row':24s} {'distance':>8s} {'reach':>6s}")
-    for name, values in rows.items():
-        s = coverage_from_values(values, true)
-        print(f"  {name:24s} {s['coverage_distance']:8.3f} {s['coverage_reach']:6.3f}")
+    print_coverage_rows(rows, true, width=24)
     kernel = pool.kernel_of(pool.index[sel])
     for k, size in enumerate(pool.params.stroke_kernels):
         mine = kernel == k
