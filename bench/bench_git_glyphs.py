@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         r = run_trial(c, device=dev).trial
         rows.append((git, r["ekld_tail"], r["ekld_head"], r["few_accuracy"], r["balanced_accuracy"],
                      time.perf_counter() - t))
-    print(f"\n| CE+DRS | tail eKLD | head eKLD | few acc | balanced acc | seconds |")
+    print("\n| CE+DRS | tail eKLD | head eKLD | few acc | balanced acc | seconds |")
     print("| --- | --- | --- | --- | --- | --- |")
     for git, tail, head, few, bal, s in rows:
         print(f"| {'+ GIT' if git else 'no GIT'} | {tail:.4f} | {head:.4f} | {few:.3f} | {bal:.3f} | {s:.0f} |")

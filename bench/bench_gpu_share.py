@@ -25,7 +25,6 @@ epochs generate half of every batch) is given apart, since the brief's list does
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from types import SimpleNamespace
 
