@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from git_ray.config import ConfigError, TrialConfig, apply_overrides, read_yaml, trial_config
+from git_ray.config import ConfigError, TrialConfig, apply_overrides, trial_config
 from git_ray.registry import ARCHS
 
 if TYPE_CHECKING:  # Pillow only for the per-image reference path: the GPU benches run without it
@@ -31,8 +31,10 @@ if TYPE_CHECKING:  # Pillow only for the per-image reference path: the GPU bench
 def sweep_base(path: str, overrides: list[str]) -> TrialConfig:
     """The trial config of sweep file `path`'s `base` with dotted overrides; ConfigError naming
     the file and the overrides if either is wrong."""
-    sweep = read_yaml(path)
-    if not isinstance(sweep, dict) or not isinstance(sweep.get("base"), dict):
+    from git_ray.sweep.spec import read_sweep_file  # its `extends` resolved, as `git-ray sweep` reads it
+
+    sweep = read_sweep_file(path)
+    if not isinstance(sweep.get("base"), dict):
         raise ConfigError(f"{path}: needs a `base` trial config (see sweeps/glyphs_git_cpu.yaml)")
     return trial_config(apply_overrides(sweep["base"], overrides), where=f"{path} base with {overrides}")
 

@@ -443,3 +443,15 @@ def test_stroke_confound_prints_its_rows_and_refuses_other_data(tmp_path, capsys
         with pytest.raises(SystemExit) as exc:
             sc.main(argv)
         assert exc.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_sweep_base_reads_an_extending_sweep_file_as_the_sweep_does(tmp_path):
+    """bench.common.sweep_base resolves `extends` (the control sweep's base is the study's) and
+    names the file when there is no base to read."""
+    study = common.sweep_base(str(ROOT / "sweeps" / "glyphs_git_cpu.yaml"), ["seed=3"])
+    control = common.sweep_base(str(ROOT / "sweeps" / "glyphs_git_control_cpu.yaml"), ["seed=3"])
+    assert control == study and control.seed == 3
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("name: nothing\n")
+    with pytest.raises(common.ConfigError, match="needs a `base` trial config"):
+        common.sweep_base(str(empty), [])

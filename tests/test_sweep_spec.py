@@ -79,6 +79,65 @@ def test_cli_overrides(tmp_path):
     assert spec.root == "elsewhere/t" and spec.max_concurrent_trials == 3
 
 
+def test_extends_starts_from_another_sweep_file(tmp_path):
+    """`extends` (relative to the extending file's folder, chained): base and settings deep-merge,
+    grid and search are replaced whole, and the stored sweep.yaml is the resolved file."""
+    parent = {**BASE, "name": "parent", "max_concurrent_trials": 3,
+              "base": {"dataset": {"source": "digits", "imbalance_ratio": 10}, "train": {"epochs": 3, "s1": 1, "s2": 2}},
+              "grid": {"seed": [0, 1, 2], "balance.loss": ["ce", "focal"]}}
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "parent.yaml").write_text(yaml.safe_dump(parent))
+    child = tmp_path / "child.yaml"
+    child.write_text(yaml.safe_dump({"extends": "studies/parent.yaml", "name": "child",
+                                     "base": {"dataset": {"imbalance_ratio": 50}}, "grid": {"seed": [7]}}))
+    spec = load_sweep(child)
+    assert spec.name == "child" and spec.max_concurrent_trials == 3 and spec.grid == {"seed": [7]}
+    (cfg,) = spec.trial_configs()
+    assert (cfg.dataset.source, cfg.dataset.imbalance_ratio, cfg.train.epochs, cfg.seed) == ("digits", 50, 3, 7)
+    assert "extends" not in yaml.safe_load(spec.to_yaml())
+    grandchild = tmp_path / "studies" / "grandchild.yaml"
+    grandchild.write_text(yaml.safe_dump({"extends": "../child.yaml", "name": "grandchild",
+                                          "search": {"algorithm": "random", "num_samples": 2,
+                                                     "space": {"train.lr": {"uniform": [0.01, 0.1]}}}}))
+    spec = load_sweep(grandchild)
+    assert spec.grid == {"seed": [7]} and spec.num_trials() == 2  # the grid inherited, the search added
+    assert {c.dataset.imbalance_ratio for c in spec.trial_configs()} == {50}
+
+
+@pytest.mark.parametrize("child,needle", [
+    ({"extends": "missing.yaml", "name": "c"}, "is no file (the path is relative to the folder"),
+    ({"extends": "parent.yaml"}, "needs a name of its own"),
+    ({"extends": "parent.yaml", "name": "parent"}, "needs a name of its own"),
+    ({"extends": 3, "name": "c"}, "must be the path of another sweep file"),
+    ({"extends": "parent.yaml", "name": "c", "grid": {"balance.losss": ["ce"]}}, "balance.losss: unknown key"),
+])
+def test_bad_extends_is_named(tmp_path, child, needle):
+    (tmp_path / "parent.yaml").write_text(yaml.safe_dump({**BASE, "name": "parent"}))
+    path = tmp_path / "child.yaml"
+    path.write_text(yaml.safe_dump(child))
+    with pytest.raises(ConfigError) as err:
+        load_sweep(path)
+    assert needle in str(err.value) and (needle.startswith("balance") or "child.yaml" in str(err.value))
+
+
+def test_extends_loop_is_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({**BASE, "extends": "b.yaml", "name": "a"}))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({**BASE, "extends": "a.yaml", "name": "b"}))
+    with pytest.raises(ConfigError, match="leads back to itself"):
+        load_sweep(tmp_path / "a.yaml")
+
+
+def test_the_control_sweep_is_the_study_with_its_own_grid():
+    """sweeps/glyphs_git_control_cpu.yaml extends glyphs_git_cpu.yaml: every control trial is a GIT
+    trial of the study with git_threshold 1 and nothing else changed."""
+    sweeps = Path(__file__).parent.parent / "sweeps"
+    study, control = load_sweep(sweeps / "glyphs_git_cpu.yaml"), load_sweep(sweeps / "glyphs_git_control_cpu.yaml")
+    assert study.base == control.base and study.resources_per_trial == control.resources_per_trial
+    git = {c.model_copy(update={"augment": c.augment.model_copy(update={"git_threshold": 1})}).fingerprint()
+           for c in study.trial_configs() if c.augment.git}
+    assert git == {c.fingerprint() for c in control.trial_configs()} and len(git) == 12
+
+
 def test_epoch_reporter_throttles_but_always_sends_the_first_row():
     from git_ray.sweep.worker import epoch_reporter
 

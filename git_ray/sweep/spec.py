@@ -263,12 +263,49 @@ def space_corners(space: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]
     return [lows, highs] + ([mids] if mids else []) + extra
 
 
+# Keys an extending sweep file replaces whole when it gives them (merging two grids or two
+# search spaces axis by axis would run trials neither file lists); every other key deep-merges.
+REPLACED_WHOLE = ("grid", "search")
+
+
+def read_sweep_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A sweep file's mapping with its `extends` resolved: `extends: OTHER.yaml` (relative to this
+    file's folder) starts from that sweep file's own resolved mapping and lays this one over it:
+    `base` and the other settings deep-merge, `grid` and `search` are replaced whole, and `name`
+    must be this file's own (the results of two sweeps never share a folder)."""
+    here = Path(path)
+    data = read_yaml(here)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{here}: expected a mapping with name, base, grid, ... at the top level")
+    data = dict(data)
+    parent_ref = data.pop("extends", None)
+    if parent_ref is None:
+        return data
+    if not isinstance(parent_ref, str) or not parent_ref.strip():
+        raise ConfigError(f"{here}: extends: {parent_ref!r} must be the path of another sweep file, "
+                          "e.g. extends: glyphs_git_cpu.yaml")
+    parent = (here.parent / parent_ref).resolve()
+    chain = (*_chain, here.resolve())
+    if parent in chain:
+        loop = " -> ".join(str(p) for p in (*chain, parent))
+        raise ConfigError(f"{here}: extends {parent_ref!r}, which leads back to itself ({loop}); "
+                          "remove one of the extends")
+    if not parent.is_file():
+        raise ConfigError(f"{here}: extends {parent_ref!r}, but {parent} is no file (the path is "
+                          "relative to the folder of the file that extends it)")
+    inherited = read_sweep_file(parent, chain)
+    if "name" not in data or data["name"] == inherited.get("name"):
+        raise ConfigError(f"{here}: extends {parent_ref!r} and needs a name of its own (results go to "
+                          f"<storage>/<name>/): set name: to something other than {inherited.get('name')!r}")
+    merged = deep_merge({k: v for k, v in inherited.items() if k not in REPLACED_WHOLE or k not in data},
+                        {k: v for k, v in data.items() if k not in REPLACED_WHOLE})
+    merged.update({k: data[k] for k in REPLACED_WHOLE if k in data})
+    return merged
+
+
 def load_sweep(path: str | Path, storage: str | None = None, max_concurrent: int | None = None) -> SweepSpec:
     """Read and completely validate a sweep file; raise ConfigError naming every problem."""
-    data = read_yaml(path)
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: expected a mapping with name, base, grid, ... at the top level")
-    data = dict(data)
+    data = read_sweep_file(path)
     if storage is not None:
         data["storage"] = storage
     if max_concurrent is not None:
