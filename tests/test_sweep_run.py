@@ -118,15 +118,16 @@ def test_killed_driver_resumes_without_duplicates(tmp_path):
     root = tmp_path / "results" / "resume"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "git_ray.cli", "sweep", str(path), "--num-cpus", "1"]
-    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    log = tmp_path / "first_driver.log"  # its output, for the message if it does not die midway
+    with open(log, "w") as out:
+        driver = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and len(list((root / "trials").rglob("*.parquet"))) < 1:
         time.sleep(0.1)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started die at once
     driver.wait()
     done_before = len(list((root / "trials").rglob("*.parquet")))
-    assert 1 <= done_before < 4, "the driver should die midway"
+    assert 1 <= done_before < 4, f"the driver should die midway; {done_before} done:\n{log.read_text()[-3000:]}"
     time.sleep(2.5)  # the dead driver's lease (lease_s: 2) expires
     out = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
