@@ -59,9 +59,11 @@ class Pool:
     def kernel_of(self, index: Tensor) -> Tensor:
         return index // self.drawings
 
-    def restroked(self, index: Tensor, g: torch.Generator) -> Tensor:
-        """The same drawings at kernels drawn uniformly, as every class's masters are picked."""
-        k = torch.randint(self.kernels, index.shape, generator=g)
+    def restroked(self, index: Tensor, g: torch.Generator, kernels: list[int] | None = None) -> Tensor:
+        """The same drawings at kernels drawn uniformly from `kernels` (positions in the params'
+        stroke_kernels; None: all of them, as every class's masters are picked)."""
+        choice = torch.tensor(kernels if kernels is not None else range(self.kernels))
+        k = choice[torch.randint(len(choice), index.shape, generator=g)]
         return k * self.drawings + index % self.drawings
 
     def any_master(self, labels: Tensor, g: torch.Generator) -> Tensor:
@@ -72,9 +74,10 @@ class Pool:
 
 
 def confound_rows(pool: Pool, sel: Tensor, nuisance: Dilation, *, styles: int, true_draws: int,
-                  g: torch.Generator) -> tuple[dict[str, Tensor], Tensor]:
+                  g: torch.Generator, kernels: list[int] | None = None) -> tuple[dict[str, Tensor], Tensor]:
     """Values (n, k) of each row of the module docstring for the pool images `sel` (n,), and
-    the true values (n, true_draws)."""
+    the true values (n, true_draws); "stroke as style" draws its kernels from `kernels`
+    (positions in stroke_kernels; None: all, as the pool does)."""
     measure = MEASURERS.build("dilation")
     index, theta, labels = pool.index[sel], pool.theta[sel], pool.labels[sel]
     clean = pool.image(index, theta)  # (n, 1, S, S)
@@ -85,7 +88,7 @@ def confound_rows(pool: Pool, sel: Tensor, nuisance: Dilation, *, styles: int, t
     true = torch.stack([read(clean) for _ in range(true_draws)], 1)
     rows = {
         "copier": read(clean)[:, None],
-        "stroke as style": torch.stack([read(pool.image(pool.restroked(index, g), theta))
+        "stroke as style": torch.stack([read(pool.image(pool.restroked(index, g, kernels), theta))
                                         for _ in range(styles)], 1),
         "all but glyph as style": torch.stack([read(pool.image(pool.any_master(labels, g),
                                                                glyphs.draw_affines(len(sel), pool.params, g)))
@@ -100,6 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     add_coverage_args(p, n_help="pool training images scored as sources")
     p.add_argument("--per-class", type=int, default=glyphs.TRAIN_PER_CLASS,
                    help="training images a class in the pool (the study's pool: the default)")
+    p.add_argument("--kernels", type=int, nargs="+", default=None, metavar="K",
+                   help="stroke kernels (of the pool's %s) that \"stroke as style\" draws from; default: all, "
+                        "as the pool does; e.g. --kernels 1 3: a generator that draws one width "
+                        "whatever its source" % (glyphs.RenderParams().stroke_kernels,))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:  # bad input: say what, before any work
@@ -109,6 +116,10 @@ def main(argv: list[str] | None = None) -> None:
                               "this bench measures dilation on glyphs only")
         if min(args.per_class, args.n, args.styles, args.true_draws) < 1:
             raise ConfigError("--per-class, --n, --styles and --true-draws must be at least 1")
+        sizes = list(glyphs.RenderParams().stroke_kernels)
+        wrong = [k for k in args.kernels or [] if k not in sizes]
+        if wrong:
+            raise ConfigError(f"--kernels {wrong}: the pool's stroke kernels are {sizes}")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -116,9 +127,12 @@ def main(argv: list[str] | None = None) -> None:
     g = torch.Generator().manual_seed(args.seed)
     sel = BalancedSampler(pool.labels, g)(args.n)
     nuisance = Dilation(strength=cfg.dataset.nuisance_strength)
-    rows, true = confound_rows(pool, sel, nuisance, styles=args.styles, true_draws=args.true_draws, g=g)
+    kernels = None if args.kernels is None else sorted({sizes.index(k) for k in args.kernels})
+    rows, true = confound_rows(pool, sel, nuisance, styles=args.styles, true_draws=args.true_draws, g=g,
+                               kernels=kernels)
     print(f"dilation on the glyphs pool (strength {cfg.dataset.nuisance_strength}): {args.n} training images "
-          f"as sources, {args.styles} styles, {args.true_draws} true draws, seed {args.seed}")
+          f"as sources, {args.styles} styles, {args.true_draws} true draws, seed {args.seed}; stroke as style "
+          f"draws kernels {args.kernels or sizes}")
     print_coverage_rows(rows, true, width=24)
     kernel = pool.kernel_of(pool.index[sel])
     for k, size in enumerate(pool.params.stroke_kernels):

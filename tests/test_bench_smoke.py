@@ -411,6 +411,8 @@ def test_stroke_confound_rows_measure_what_they_say():
     assert torch.equal(again % pool.drawings, (pool.index[sel] % pool.drawings).repeat(20))
     assert set(pool.kernel_of(again).tolist()) == set(range(pool.kernels))
     assert [owner[m] for m in again.tolist()] == pool.labels[sel].repeat(20).tolist()
+    middle = torch.cat([pool.restroked(pool.index[sel], g, [1, 2]) for _ in range(20)])
+    assert set(pool.kernel_of(middle).tolist()) == {1, 2}
     anyone = pool.any_master(pool.labels[sel], g)
     assert [owner[m] for m in anyone.tolist()] == pool.labels[sel].tolist()
 
@@ -436,10 +438,14 @@ def test_stroke_confound_prints_its_rows_and_refuses_other_data(tmp_path, capsys
     for row in ("copier", "stroke as style", "all but glyph as style", "noise floor"):
         assert re.search(rf"^  {row} +\d\.\d{{3}} +\d\.\d{{3}}$", out, re.M), out
     assert re.search(r"^  stroke as style, sources of stroke kernel \+1 \(n=\d+\): \d\.\d{3}$", out, re.M), out
+    sc.main(["--sweep", glyph_sweep, "--per-class", "4", "--n", "20", "--styles", "4", "--true-draws", "8",
+             "--kernels", "3", "1"])
+    assert "stroke as style draws kernels [3, 1]" in capsys.readouterr().out
     digits = str(sweep_file(tmp_path, "sc", base=TINY_BASE))
     for argv, says in ((["--sweep", digits], "glyphs only"), (["--sweep", glyph_sweep, "dataset.nuisance=background"],
                                                               "glyphs only"),
-                       (["--sweep", glyph_sweep, "--n", "0"], "at least 1")):
+                       (["--sweep", glyph_sweep, "--n", "0"], "at least 1"),
+                       (["--sweep", glyph_sweep, "--kernels", "1", "5"], "the pool's stroke kernels are [-3, 1, 3, 7]")):
         with pytest.raises(SystemExit) as exc:
             sc.main(argv)
         assert exc.value.code == 2 and says in capsys.readouterr().err
