@@ -119,8 +119,8 @@ def test_killed_driver_resumes_without_duplicates(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "git_ray.cli", "sweep", str(path), "--num-cpus", "1"]
     log = tmp_path / "first_driver.log"  # its output, for the message if it does not die midway
-    with open(log, "w") as out:
-        driver = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log, "w") as sink:
+        driver = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and len(list((root / "trials").rglob("*.parquet"))) < 1:
         time.sleep(0.1)
