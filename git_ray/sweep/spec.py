@@ -297,10 +297,8 @@ def read_sweep_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str
     if "name" not in data or data["name"] == inherited.get("name"):
         raise ConfigError(f"{here}: extends {parent_ref!r} and needs a name of its own (results go to "
                           f"<storage>/<name>/): set name: to something other than {inherited.get('name')!r}")
-    merged = deep_merge({k: v for k, v in inherited.items() if k not in REPLACED_WHOLE or k not in data},
-                        {k: v for k, v in data.items() if k not in REPLACED_WHOLE})
-    merged.update({k: data[k] for k in REPLACED_WHOLE if k in data})
-    return merged
+    # What this file replaces whole leaves the inherited mapping first, so the merge only sets it.
+    return deep_merge({k: v for k, v in inherited.items() if not (k in REPLACED_WHOLE and k in data)}, data)
 
 
 def load_sweep(path: str | Path, storage: str | None = None, max_concurrent: int | None = None) -> SweepSpec:
